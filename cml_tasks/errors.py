@@ -1,0 +1,80 @@
+"""Typed exceptions: one class per thing a caller can act on differently.
+
+Every error carries the job's page URL (when known) and the server's message, never the key.
+"""
+
+from __future__ import annotations
+
+
+class CMLError(Exception):
+    """Base class of every error this package raises."""
+
+    def __init__(self, message: str, *, job_url: str | None = None) -> None:
+        self.job_url = job_url
+        super().__init__(f"{message} (job: {job_url})" if job_url else message)
+
+
+class CMLConfigError(CMLError):
+    """Settings are missing or malformed; names each variable to set."""
+
+
+class CMLInputError(CMLError, ValueError):
+    """Bad input (job URL, environment, window...): raised before any request is sent."""
+
+
+class CMLHTTPError(CMLError):
+    """The server answered with an error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        server_message: str | None = None,
+        job_url: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.server_message = server_message
+        self.request_id = request_id
+        detail = f"HTTP {status_code}"
+        if server_message:
+            detail += f": {server_message}"
+        if request_id:
+            detail += f" [x-request-id {request_id}]"
+        super().__init__(f"{message} ({detail})", job_url=job_url)
+
+
+class CMLAuthError(CMLHTTPError):
+    """401/403: the key is wrong, revoked, or lacks access to this job."""
+
+
+class CMLNotFoundError(CMLHTTPError):
+    """404: no such user, project, job or run."""
+
+
+class CMLRequestRejected(CMLHTTPError):
+    """Another 4xx: the server refused the request as sent."""
+
+
+class CMLThrottled(CMLHTTPError):
+    """429 (after retries): the server asked us to slow down."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class CMLServerError(CMLHTTPError):
+    """5xx where the request surely had no effect (503), after retries."""
+
+
+class CMLTransportError(CMLError):
+    """The request surely never reached the server (connection refused, DNS failure)."""
+
+
+class CMLOutcomeUnknown(CMLError):
+    """A start may or may not have happened (read timeout, dropped connection, 500/502/504).
+
+    Never retried blindly: retrying could start the job twice. Reconcile through API v2.
+    """
