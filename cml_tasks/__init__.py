@@ -1,0 +1,49 @@
+"""Run Cloudera Machine Learning (CML) jobs from Prefect.
+
+This module imports no Prefect: the client, settings and windows work without it. Prefect
+tasks live in `cml_tasks.tasks`, the credentials block in `cml_tasks.blocks`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from cml_tasks._retry import RetryPolicy
+from cml_tasks.client import AsyncCMLClient, CMLClient
+from cml_tasks.errors import (
+    CMLAuthError,
+    CMLConfigError,
+    CMLError,
+    CMLHTTPError,
+    CMLInputError,
+    CMLNotFoundError,
+    CMLOutcomeUnknown,
+    CMLRequestRejected,
+    CMLServerError,
+    CMLThrottled,
+    CMLTransportError,
+)
+from cml_tasks.job import JobRef
+from cml_tasks.models import StartedRun
+from cml_tasks.settings import CMLSettings
+
+__all__ = [
+    "AsyncCMLClient",
+    "CMLAuthError",
+    "CMLClient",
+    "CMLConfigError",
+    "CMLError",
+    "CMLHTTPError",
+    "CMLInputError",
+    "CMLNotFoundError",
+    "CMLOutcomeUnknown",
+    "CMLRequestRejected",
+    "CMLServerError",
+    "CMLSettings",
+    "CMLThrottled",
+    "CMLTransportError",
+    "JobRef",
+    "RetryPolicy",
+    "StartedRun",
+    "__version__",
+]

@@ -1,0 +1,159 @@
+"""`cml-jobs`: start CML jobs, list windows, run the emulator.
+
+Commands that need Prefect import it inside the command: `cml-jobs --help` and `start` stay
+fast (importing Prefect costs seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from cml_tasks.errors import (
+    CMLAuthError,
+    CMLConfigError,
+    CMLError,
+    CMLInputError,
+    CMLNotFoundError,
+    CMLOutcomeUnknown,
+    CMLRequestRejected,
+)
+from cml_tasks.settings import CMLSettings
+
+
+class ExitCode(IntEnum):
+    """What scripts can branch on; documented in `cml-jobs --help`."""
+
+    OK = 0
+    FAILURE = 1
+    BAD_INPUT = 2
+    AUTH = 3
+    NOT_FOUND = 4
+    REJECTED = 5
+    SERVER = 6
+    OUTCOME_UNKNOWN = 7
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok, 2 bad input or settings, 3 authentication failed, 4 not found, "
+    "5 request rejected, 6 server or network trouble, 7 outcome unknown (the run may have "
+    "started)."
+)
+
+app = typer.Typer(
+    name="cml-jobs",
+    help="Run Cloudera Machine Learning jobs. " + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def exit_code_for(error: CMLError) -> ExitCode:
+    for kind, code in (
+        (CMLInputError, ExitCode.BAD_INPUT),
+        (CMLConfigError, ExitCode.BAD_INPUT),
+        (CMLAuthError, ExitCode.AUTH),
+        (CMLNotFoundError, ExitCode.NOT_FOUND),
+        (CMLRequestRejected, ExitCode.REJECTED),
+        (CMLOutcomeUnknown, ExitCode.OUTCOME_UNKNOWN),
+    ):
+        if isinstance(error, kind):
+            return code
+    return ExitCode.SERVER
+
+
+def fail(error: CMLError, *, as_json: bool) -> NoReturn:
+    """Report an error on stderr (and as JSON on stdout for scripts), then exit with its code."""
+    code = exit_code_for(error)
+    if as_json:
+        payload = {"error": {"type": type(error).__name__, "message": str(error)}}
+        typer.echo(json.dumps(payload))
+    typer.echo(f"Error: {error}", err=True)
+    raise typer.Exit(code)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@app.command()
+def start(
+    job: Annotated[
+        str, typer.Argument(help="Job Overview page URL, e.g. https://host/alice/proj/jobs/208")
+    ],
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", metavar="NAME=VALUE", help="Environment for the run."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a run of a CML job (API v1) and print its engine id."""
+    start_and_report(job, env or [], as_json=as_json)
+
+
+def start_and_report(
+    job: str, assignments: list[str], *, as_json: bool, settings: CMLSettings | None = None
+) -> None:
+    """The `start` command's work, with settings from the environment unless given."""
+    from cml_tasks.client import CMLClient
+    from cml_tasks.environment import parse_assignments
+    from cml_tasks.job import JobRef
+
+    try:
+        ref = JobRef.parse(job)
+        environment = parse_assignments(assignments)
+        with CMLClient(settings or CMLSettings.load()) as client:
+            run = client.start(ref, environment)
+    except CMLError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        typer.echo(run.model_dump_json())
+        return
+    typer.echo(f"Started {run.job.slug} (user {run.job.username}): engine id {run.engine_id}")
+    typer.echo(f"  job page:    {run.job_url}")
+    if run.environment:
+        shown = " ".join(f"{name}={value}" for name, value in run.environment.items())
+        typer.echo(f"  environment: {shown}")
+
+
+@app.command()
+def emulator(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8090,
+    config: Annotated[
+        Path | None, typer.Option(help="Seed file (TOML or JSON): users, projects, jobs, faults.")
+    ] = None,
+) -> None:
+    """Run the CML emulator: a local HTTP server speaking the CML v1 and v2 APIs."""
+    from cml_tasks.emulator import default_config, load_config, serve
+
+    try:
+        seed = load_config(config) if config else default_config()
+    except (OSError, ValueError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    serve(host, port, seed)
+
+
+@app.command()
+def demo() -> None:
+    """Start Alice's job 208 for January 2017 on a built-in emulator, as Cloudera's docs do."""
+    from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
+
+    with Emulator() as cml:
+        url = cml.job_url("alice", "risk-analysis", "208")
+        assignments = ["START_DATE=2017-01-01", "END_DATE=2017-01-31"]
+        typer.echo(f"CML emulator running at {cml.url} (user alice, her documented API key)")
+        typer.echo(f"$ cml-jobs start {url} " + " ".join(f"-e {a}" for a in assignments))
+        demo_settings = CMLSettings.load(host=None, api_key=DEFAULT_V1_KEY)
+        start_and_report(url, assignments, as_json=False, settings=demo_settings)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point."""
+    return app(args=argv if argv is not None else sys.argv[1:], prog_name="cml-jobs")
