@@ -96,16 +96,22 @@ def _zone_names() -> frozenset[str]:
     return frozenset(available_timezones() - {"localtime"})
 
 
-@functools.cache
-def _zone(key: str) -> ZoneInfo:
+def _zone(key: object) -> ZoneInfo:
     """The ZoneInfo for an IANA key, or CMLInputError (with close matches) if unknown."""
-    if isinstance(key, str) and key in _zone_names():
+    if not isinstance(key, str):
+        raise CMLInputError(f"time zone must be an IANA name such as 'Europe/Berlin', got {key!r}")
+    return _load_zone(key)
+
+
+@functools.cache
+def _load_zone(key: str) -> ZoneInfo:
+    if key in _zone_names():
         try:
             return ZoneInfo(key)
         except (OSError, ValueError, KeyError):  # pragma: no cover - listed but unloadable
             pass
     hint = ""
-    if isinstance(key, str) and key.strip():
+    if key.strip():
         by_lower = {name.lower(): name for name in _zone_names()}
         close = difflib.get_close_matches(key.strip().lower(), list(by_lower), n=3, cutoff=0.6)
         if close:
