@@ -58,8 +58,9 @@ def error_for_response(
     idempotent: bool,
     job_url: str | None,
     secrets: Iterable[str],
+    key_setting: str = "CML_API_KEY",
 ) -> CMLError:
-    """The typed error for a non-2xx answer."""
+    """The typed error for a non-2xx answer; `key_setting` names the key to check on a 401."""
     status = response.status_code
     message = server_message(response)
     kwargs = {
@@ -69,7 +70,9 @@ def error_for_response(
         "request_id": response.headers.get("x-request-id"),
     }
     if status in (401, 403):
-        hint = "check CML_API_KEY" if status == 401 else "the key's user lacks access to this job"
+        hint = (
+            f"check {key_setting}" if status == 401 else "the key's user lacks access to this job"
+        )
         return CMLAuthError(f"{action}: authentication failed ({hint})", **kwargs)
     if status == 404:
         return CMLNotFoundError(f"{action}: not found", **kwargs)

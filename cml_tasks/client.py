@@ -2,28 +2,48 @@
 
 Each client owns one connection pool; reuse it across many starts. Input is validated and
 credentials are checked before anything is sent; failures come back as typed errors.
+
+The API v2 calls are written once, in `_BaseClient`, as generators that yield the requests
+they need and receive the answers ("sans-IO"); each client only drives them with its own
+`_send`, so the sync and async twins cannot drift apart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
 from cml_tasks import __version__
 from cml_tasks._http import error_for_response, error_for_transport
 from cml_tasks._retry import RetryPolicy
 from cml_tasks.environment import validate_environment
-from cml_tasks.errors import CMLConfigError, CMLError, CMLOutcomeUnknown
+from cml_tasks.errors import (
+    CMLConfigError,
+    CMLError,
+    CMLInputError,
+    CMLNotFoundError,
+    CMLOutcomeUnknown,
+    CMLServerError,
+)
 from cml_tasks.job import JobRef, is_loopback
-from cml_tasks.models import StartedRun
+from cml_tasks.models import JobRun, RunPage, StartedRun
 from cml_tasks.settings import CMLSettings
+
+T = TypeVar("T")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+_LOOKUP_PAGE_SIZE = 100
+_Flow = Generator["_Request", httpx.Response, T]
+"""A v2 call as a generator: yields each request, receives its (successful) answer."""
 
 
 class _Request:
@@ -39,6 +59,8 @@ class _Request:
         job_url: str | None,
         auth: httpx.Auth,
         body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        key_setting: str = "CML_API_KEY",
     ) -> None:
         self.method = method
         self.url = url
@@ -46,14 +68,31 @@ class _Request:
         self.idempotent = idempotent
         self.job_url = job_url
         self.auth = auth
+        self.params = params or {}
+        self.key_setting = key_setting
         self.content = b"" if body is None else json.dumps(body).encode()
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if method == "GET":
+            # A status poll must reach CML: no proxy or cache may answer it.
+            self.headers["Cache-Control"] = "no-cache"
+
+
+class _BearerAuth(httpx.Auth):
+    """API v2 auth: `Authorization: Bearer <key>`."""
+
+    def __init__(self, key: str) -> None:
+        self._header = f"Bearer {key}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
 
 
 class _BaseClient:
     def __init__(self, settings: CMLSettings | None, retry: RetryPolicy | None) -> None:
         self.settings = settings if settings is not None else CMLSettings.load()
         self.retry = retry if retry is not None else RetryPolicy()
+        self._v2_ids: dict[JobRef, tuple[str, str]] = {}
 
     def _client_options(self) -> dict[str, Any]:
         return {
@@ -73,16 +112,27 @@ class _BaseClient:
     def _basic_auth(self, job: JobRef) -> httpx.BasicAuth:
         """v1 auth: the key as user name and an empty password, never over plain remote http."""
         self.settings.require("api_key")
-        assert job.host is not None and self.settings.api_key is not None
+        assert self.settings.api_key is not None
+        self._refuse_plain_http(job, "Basic auth")
+        return httpx.BasicAuth(self.settings.api_key.get_secret_value(), "")
+
+    def _bearer_auth(self, job: JobRef) -> _BearerAuth:
+        """v2 auth: the v2 key as a Bearer token, under the same plain-http rule as v1."""
+        self.settings.require("api_v2_key")
+        assert self.settings.api_v2_key is not None
+        self._refuse_plain_http(job, "Bearer auth")
+        return _BearerAuth(self.settings.api_v2_key.get_secret_value())
+
+    def _refuse_plain_http(self, job: JobRef, scheme: str) -> None:
+        assert job.host is not None
         if job.host.startswith("http://") and not (
             is_loopback(job.host) or self.settings.allow_insecure_http
         ):
             raise CMLConfigError(
-                f"Refusing to send the API key to {job.host} over plain http://: Basic auth "
+                f"Refusing to send the API key to {job.host} over plain http://: {scheme} "
                 "would carry it in clear text across the network. Use https://, or set "
                 "CML_ALLOW_INSECURE_HTTP=true if you accept that risk."
             )
-        return httpx.BasicAuth(self.settings.api_key.get_secret_value(), "")
 
     def _start_request(
         self, job: str | JobRef, environment: Mapping[str, object] | None
@@ -108,10 +158,175 @@ class _BaseClient:
                 idempotent=request.idempotent,
                 job_url=request.job_url,
                 secrets=self._secrets(),
+                key_setting=request.key_setting,
             )
         return error_for_transport(
             outcome, action=request.action, idempotent=request.idempotent, job_url=request.job_url
         )
+
+    # --- API v2, as generators driven by `_drive` (see the module docstring) -----------------
+
+    def _v2_request(
+        self,
+        method: str,
+        job: JobRef,
+        path: str,
+        *,
+        action: str,
+        idempotent: bool,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> _Request:
+        assert job.host is not None
+        return _Request(
+            method,
+            f"{job.host}/api/v2/{path}",
+            action=action,
+            idempotent=idempotent,
+            job_url=job.page_url,
+            auth=self._bearer_auth(job),
+            body=body,
+            params=params,
+            key_setting="CML_API_V2_KEY",
+        )
+
+    def _ids(self, job: JobRef) -> _Flow[tuple[str, str]]:
+        """API v2's opaque (project id, job id) for a job named by user/project/job; cached."""
+        cached = self._v2_ids.get(job)
+        if cached is not None:
+            return cached
+        self._bearer_auth(job)  # fail on a missing key before the first lookup
+        project_id = yield from self._find_project(job)
+        job_id = yield from self._find_job(job, project_id)
+        self._v2_ids[job] = (project_id, job_id)
+        return project_id, job_id
+
+    def _find_project(self, job: JobRef) -> _Flow[str]:
+        wanted = {"name": job.project, "owner.username": job.username}
+        params = {"search_filter": json.dumps(wanted), "page_size": str(_LOOKUP_PAGE_SIZE)}
+        action = f"Looking up project {job.username}/{job.project}"
+        while True:
+            request = self._v2_request(
+                "GET", job, "projects", action=action, idempotent=True, params=params
+            )
+            body = _object((yield request), action, job)
+            # The filter matches substrings: compare exactly here.
+            for project in _items(body, "projects"):
+                owner = project.get("owner") or {}
+                if project.get("name") == job.project and owner.get("username") == job.username:
+                    return str(project["id"])
+            token = body.get("next_page_token")
+            if not token:
+                raise _lookup_failed(f"{action}: no such project visible to this API v2 key", job)
+            params = {**params, "page_token": str(token)}
+
+    def _find_job(self, job: JobRef, project_id: str) -> _Flow[str]:
+        """The job whose v2 id is the URL's job id, else the one job so named; every page."""
+        action = f"Looking up job {job.job_id} in {job.username}/{job.project}"
+        params = {"page_size": str(_LOOKUP_PAGE_SIZE)}
+        named: list[str] = []
+        while True:
+            path = f"projects/{_seg(project_id)}/jobs"
+            request = self._v2_request(
+                "GET", job, path, action=action, idempotent=True, params=params
+            )
+            body = _object((yield request), action, job)
+            for item in _items(body, "jobs"):
+                if item.get("id") == job.job_id:
+                    return job.job_id
+                if item.get("name") == job.job_id:
+                    named.append(str(item["id"]))
+            token = body.get("next_page_token")
+            if not token:
+                break
+            params = {**params, "page_token": str(token)}
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise CMLInputError(f"{action}: {len(named)} jobs have that name; use the job's id")
+        raise _lookup_failed(f"{action}: no such job in the project", job)
+
+    def _runs_path(self, job: JobRef) -> _Flow[str]:
+        project_id, job_id = yield from self._ids(job)
+        return _runs_path(project_id, job_id)
+
+    def _create_run(
+        self, job: str | JobRef, environment: Mapping[str, object] | None, arguments: str | None
+    ) -> _Flow[JobRun]:
+        ref = self._resolve(job)
+        env = validate_environment(environment)
+        if arguments is not None and not isinstance(arguments, str):
+            raise CMLInputError(f"arguments must be a string, not {type(arguments).__name__}")
+        self._bearer_auth(ref)
+        project_id, job_id = yield from self._ids(ref)
+        path = _runs_path(project_id, job_id)
+        body: dict[str, Any] = {"project_id": project_id, "job_id": job_id, "environment": env}
+        if arguments is not None:
+            body["arguments"] = arguments
+        action = f"Starting {ref.slug} (API v2)"
+        response = yield self._v2_request(
+            "POST", ref, path, action=action, idempotent=False, body=body
+        )
+        try:
+            return _decode_run(_object(response, action, ref), ref)
+        except CMLError as error:
+            raise CMLOutcomeUnknown(
+                f"{action}: CML answered {response.status_code} with no readable run ({error}); "
+                "the run may have started",
+                job_url=ref.page_url,
+            ) from None
+
+    def _get_run(self, job: str | JobRef, run_id: str) -> _Flow[JobRun]:
+        ref, run_id = self._resolve(job), _check_run_id(run_id)
+        self._bearer_auth(ref)
+        path = yield from self._runs_path(ref)
+        action = f"Reading run {run_id} of {ref.slug}"
+        response = yield self._v2_request(
+            "GET", ref, f"{path}/{run_id}", action=action, idempotent=True
+        )
+        return _decode_run(_object(response, action, ref), ref)
+
+    def _stop_run(self, job: str | JobRef, run_id: str) -> _Flow[JobRun]:
+        ref, run_id = self._resolve(job), _check_run_id(run_id)
+        self._bearer_auth(ref)
+        path = yield from self._runs_path(ref)
+        action = f"Stopping run {run_id} of {ref.slug}"
+        # Stopping twice stops once: safe to retry.
+        response = yield self._v2_request(
+            "POST", ref, f"{path}/{run_id}:stop", action=action, idempotent=True, body={}
+        )
+        return _decode_run(_object(response, action, ref), ref)
+
+    def _list_runs_page(
+        self,
+        job: str | JobRef,
+        *,
+        page_size: int | None,
+        sort: str | None,
+        search_filter: Mapping[str, object] | str | None,
+        page_token: str | None,
+    ) -> _Flow[RunPage]:
+        ref = self._resolve(job)
+        params: dict[str, str] = {}
+        if page_size is not None:
+            if page_size < 1:
+                raise CMLInputError(f"page_size must be at least 1, not {page_size}")
+            params["page_size"] = str(page_size)
+        if sort:
+            params["sort"] = sort
+        if search_filter:
+            params["search_filter"] = (
+                search_filter if isinstance(search_filter, str) else json.dumps(search_filter)
+            )
+        if page_token:
+            params["page_token"] = page_token
+        self._bearer_auth(ref)
+        path = yield from self._runs_path(ref)
+        action = f"Listing runs of {ref.slug}"
+        request = self._v2_request("GET", ref, path, action=action, idempotent=True, params=params)
+        body = _object((yield request), action, ref)
+        runs = [_decode_run(item, ref) for item in _items(body, "job_runs")]
+        return RunPage(runs=runs, next_page_token=str(body.get("next_page_token") or ""))
 
     @staticmethod
     def _started(
@@ -153,6 +368,70 @@ class CMLClient(_BaseClient):
         requested_at = datetime.now(UTC)
         return self._started(self._send(request), ref, env, requested_at)
 
+    def create_run(
+        self,
+        job: str | JobRef,
+        environment: Mapping[str, object] | None = None,
+        arguments: str | None = None,
+    ) -> JobRun:
+        """Create and start a run (API v2). Never retried once sent: see `CMLOutcomeUnknown`."""
+        return self._drive(self._create_run(job, environment, arguments))
+
+    def get_run(self, job: str | JobRef, run_id: str) -> JobRun:
+        """Read one run, fresh from CML; retried on transient failures."""
+        return self._drive(self._get_run(job, run_id))
+
+    def stop_run(self, job: str | JobRef, run_id: str) -> JobRun:
+        """Ask CML to stop a run (`:stop`); a finished run is left as it is."""
+        return self._drive(self._stop_run(job, run_id))
+
+    def list_runs_page(
+        self,
+        job: str | JobRef,
+        *,
+        page_size: int | None = None,
+        sort: str | None = "-created_at",
+        search_filter: Mapping[str, object] | str | None = None,
+        page_token: str | None = None,
+    ) -> RunPage:
+        """One page of a job's runs, newest first unless `sort` says otherwise."""
+        return self._drive(
+            self._list_runs_page(
+                job,
+                page_size=page_size,
+                sort=sort,
+                search_filter=search_filter,
+                page_token=page_token,
+            )
+        )
+
+    def list_runs(
+        self,
+        job: str | JobRef,
+        *,
+        page_size: int | None = None,
+        sort: str | None = "-created_at",
+        search_filter: Mapping[str, object] | str | None = None,
+    ) -> Iterator[JobRun]:
+        """Every run of a job, fetching pages lazily as the iteration reaches them."""
+        token: str | None = None
+        while True:
+            page = self.list_runs_page(
+                job, page_size=page_size, sort=sort, search_filter=search_filter, page_token=token
+            )
+            yield from page.runs
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def _drive(self, flow: _Flow[T]) -> T:
+        try:
+            request = next(flow)
+            while True:
+                request = flow.send(self._send(request))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
     def _send(self, request: _Request) -> httpx.Response:
         state = self.retry.start()
         while True:
@@ -162,6 +441,7 @@ class CMLClient(_BaseClient):
                     request.url,
                     content=request.content,
                     headers=request.headers,
+                    params=request.params,
                     auth=request.auth,
                 )
             except httpx.TransportError as exc:
@@ -208,6 +488,71 @@ class AsyncCMLClient(_BaseClient):
         requested_at = datetime.now(UTC)
         return self._started(await self._send(request), ref, env, requested_at)
 
+    async def create_run(
+        self,
+        job: str | JobRef,
+        environment: Mapping[str, object] | None = None,
+        arguments: str | None = None,
+    ) -> JobRun:
+        """Create and start a run (API v2). Never retried once sent: see `CMLOutcomeUnknown`."""
+        return await self._drive(self._create_run(job, environment, arguments))
+
+    async def get_run(self, job: str | JobRef, run_id: str) -> JobRun:
+        """Read one run, fresh from CML; retried on transient failures."""
+        return await self._drive(self._get_run(job, run_id))
+
+    async def stop_run(self, job: str | JobRef, run_id: str) -> JobRun:
+        """Ask CML to stop a run (`:stop`); a finished run is left as it is."""
+        return await self._drive(self._stop_run(job, run_id))
+
+    async def list_runs_page(
+        self,
+        job: str | JobRef,
+        *,
+        page_size: int | None = None,
+        sort: str | None = "-created_at",
+        search_filter: Mapping[str, object] | str | None = None,
+        page_token: str | None = None,
+    ) -> RunPage:
+        """One page of a job's runs, newest first unless `sort` says otherwise."""
+        return await self._drive(
+            self._list_runs_page(
+                job,
+                page_size=page_size,
+                sort=sort,
+                search_filter=search_filter,
+                page_token=page_token,
+            )
+        )
+
+    async def list_runs(
+        self,
+        job: str | JobRef,
+        *,
+        page_size: int | None = None,
+        sort: str | None = "-created_at",
+        search_filter: Mapping[str, object] | str | None = None,
+    ) -> AsyncIterator[JobRun]:
+        """Every run of a job, fetching pages lazily as the iteration reaches them."""
+        token: str | None = None
+        while True:
+            page = await self.list_runs_page(
+                job, page_size=page_size, sort=sort, search_filter=search_filter, page_token=token
+            )
+            for run in page.runs:
+                yield run
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    async def _drive(self, flow: _Flow[T]) -> T:
+        try:
+            request = next(flow)
+            while True:
+                request = flow.send(await self._send(request))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
     async def _send(self, request: _Request) -> httpx.Response:
         state = self.retry.start()
         while True:
@@ -217,6 +562,7 @@ class AsyncCMLClient(_BaseClient):
                     request.url,
                     content=request.content,
                     headers=request.headers,
+                    params=request.params,
                     auth=request.auth,
                 )
             except httpx.TransportError as exc:
@@ -240,3 +586,53 @@ class AsyncCMLClient(_BaseClient):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _seg(value: str) -> str:
+    """One URL path segment (ids are opaque: never let one add a path level)."""
+    return quote(value, safe="")
+
+
+def _runs_path(project_id: str, job_id: str) -> str:
+    return f"projects/{_seg(project_id)}/jobs/{_seg(job_id)}/runs"
+
+
+def _check_run_id(run_id: object) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise CMLInputError(f"Invalid run id {run_id!r}: expected letters, digits, '-' or '_'")
+    return run_id
+
+
+def _object(response: httpx.Response, action: str, job: JobRef) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise CMLServerError(
+            f"{action}: CML answered without a JSON object",
+            status_code=response.status_code,
+            job_url=job.page_url,
+        )
+    return body
+
+
+def _items(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    items = body.get(key) or []
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def _decode_run(item: dict[str, Any], job: JobRef) -> JobRun:
+    try:
+        return JobRun.model_validate({**item, "job": job})
+    except ValidationError as exc:
+        raise CMLServerError(
+            f"Reading a run of {job.slug}: unexpected answer from CML "
+            f"({exc.error_count()} invalid fields, e.g. {exc.errors()[0]['loc']})",
+            status_code=200,
+            job_url=job.page_url,
+        ) from None
+
+
+def _lookup_failed(message: str, job: JobRef) -> CMLNotFoundError:
+    return CMLNotFoundError(message, status_code=404, job_url=job.page_url)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cml_tasks.job import JobRef
 
@@ -23,3 +25,111 @@ class StartedRun(BaseModel):
     @property
     def job_url(self) -> str:
         return self.job.page_url
+
+
+class RunStatus(StrEnum):
+    """API v2 `EngineStatus`; an unknown future value reads as `UNKNOWN`: keep polling."""
+
+    SCHEDULING = "ENGINE_SCHEDULING"
+    STARTING = "ENGINE_STARTING"
+    RUNNING = "ENGINE_RUNNING"
+    STOPPING = "ENGINE_STOPPING"
+    STOPPED = "ENGINE_STOPPED"
+    UNKNOWN = "ENGINE_UNKNOWN"
+    SUCCEEDED = "ENGINE_SUCCEEDED"
+    FAILED = "ENGINE_FAILED"
+    TIMEDOUT = "ENGINE_TIMEDOUT"
+    SKIPPED = "ENGINE_SKIPPED"
+
+    @classmethod
+    def _missing_(cls, value: object) -> RunStatus:
+        return cls.UNKNOWN
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def short(self) -> str:
+        """`ENGINE_RUNNING` -> `running`, the form `search_filter` and people use."""
+        return self.value.removeprefix("ENGINE_").lower()
+
+
+_TERMINAL = frozenset(
+    {
+        RunStatus.STOPPED,
+        RunStatus.SUCCEEDED,
+        RunStatus.FAILED,
+        RunStatus.TIMEDOUT,
+        RunStatus.SKIPPED,
+    }
+)
+
+
+class JobRun(BaseModel):
+    """One run of a job as API v2 reports it, tied to the job it was asked about.
+
+    `project_id` and `job_id` are API v2's opaque ids; `job` is the job as the user named it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    job: JobRef
+    project_id: str = ""
+    job_id: str = ""
+    status: RunStatus = RunStatus.UNKNOWN
+    created_at: datetime | None = None
+    scheduling_at: datetime | None = None
+    starting_at: datetime | None = None
+    running_at: datetime | None = None
+    finished_at: datetime | None = None
+    arguments: str = ""
+    environment: dict[str, str] = Field(default_factory=dict)
+    creator: str | None = None
+    """The creator's username."""
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _decode_environment(cls, value: object) -> object:
+        """A response carries the environment as a JSON string; a request as an object."""
+        if value is None or value == "":
+            return {}
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("environment is not a JSON object") from None
+        if isinstance(value, dict):
+            return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+        return value
+
+    @field_validator("creator", mode="before")
+    @classmethod
+    def _creator_username(cls, value: object) -> object:
+        return value.get("username") if isinstance(value, dict) else value
+
+    @field_validator(
+        "created_at", "scheduling_at", "starting_at", "running_at", "finished_at", mode="before"
+    )
+    @classmethod
+    def _unset_timestamp(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def page_url(self) -> str:
+        """The run's page: `<job page>/runs/<run id>` (our convention; see README)."""
+        return f"{self.job.page_url}/runs/{self.id}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+class RunPage(BaseModel):
+    """One page of `list_runs`; an empty `next_page_token` means the last page."""
+
+    model_config = ConfigDict(frozen=True)
+
+    runs: list[JobRun]
+    next_page_token: str = ""
