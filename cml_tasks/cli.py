@@ -157,3 +157,7 @@ def demo() -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point."""
     return app(args=argv if argv is not None else sys.argv[1:], prog_name="cml-jobs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""`cml-jobs` as users run it: a subprocess of the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cml_tasks.cli import ExitCode
+from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator, Fault
+
+CML_JOBS = str(Path(sys.executable).parent / "cml-jobs")
+
+
+@pytest.fixture
+def cml() -> Iterator[Emulator]:
+    with Emulator() as emulator:
+        yield emulator
+
+
+def run(
+    *args: str, key: str | None = DEFAULT_V1_KEY, **env: str
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CML_")}
+    if key is not None:
+        environ["CML_API_KEY"] = key
+    environ.update(env)
+    return subprocess.run(
+        [CML_JOBS, *args], capture_output=True, text=True, env=environ, timeout=60
+    )
+
+
+def test_help_does_not_import_prefect() -> None:
+    code = (
+        "import sys\n"
+        "from cml_tasks.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'prefect' not in sys.modules, 'prefect was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "start" in result.stdout and "Exit codes" in result.stdout
+
+
+def test_start_prints_engine_id(cml: Emulator) -> None:
+    url = cml.job_url("alice", "risk-analysis", "208")
+    result = run("start", url, "-e", "START_DATE=2017-01-01", "-e", "END_DATE=2017-01-31")
+    assert result.returncode == 0, result.stderr
+    engine_id = cml.runs()[0]["id"]
+    assert f"engine id {engine_id}" in result.stdout
+    assert url in result.stdout
+    assert DEFAULT_V1_KEY not in result.stdout + result.stderr
+
+
+def test_start_json(cml: Emulator) -> None:
+    url = cml.job_url("alice", "risk-analysis", "208")
+    result = run("start", url, "-e", "START_DATE=2017-01-01", "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["engine_id"] == cml.runs()[0]["id"]
+    assert payload["environment"] == {"START_DATE": "2017-01-01"}
+    assert DEFAULT_V1_KEY not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "fault", "code", "fragment"),
+    [
+        (("not-a-job",), DEFAULT_V1_KEY, None, ExitCode.BAD_INPUT, "Invalid job"),
+        (("{job}", "-e", "1X=2"), DEFAULT_V1_KEY, None, ExitCode.BAD_INPUT, "1X"),
+        (("{job}",), None, None, ExitCode.BAD_INPUT, "CML_API_KEY"),
+        (("{job}",), "wrong", None, ExitCode.AUTH, "authentication failed"),
+        (("{missing}",), DEFAULT_V1_KEY, None, ExitCode.NOT_FOUND, "not found"),
+        (("{job}",), DEFAULT_V1_KEY, "503", ExitCode.SERVER, "503"),
+        (("{job}",), DEFAULT_V1_KEY, "lost_answer", ExitCode.OUTCOME_UNKNOWN, "may have started"),
+    ],
+)
+def test_exit_codes(
+    cml: Emulator,
+    args: tuple[str, ...],
+    key: str | None,
+    fault: str | None,
+    code: ExitCode,
+    fragment: str,
+) -> None:
+    if fault:
+        cml.inject(Fault(endpoint="v1.start", kind=fault, retry_after=0))
+    job = cml.job_url("alice", "risk-analysis", "208")
+    missing = cml.job_url("alice", "risk-analysis", "777")
+    argv = [a.format(job=job, missing=missing) for a in args]
+    result = run("start", *argv, "--json", key=key)
+    assert result.returncode == code, result.stderr
+    assert fragment in result.stderr
+    assert json.loads(result.stdout)["error"]["message"] in result.stderr
+    if key:
+        assert key not in result.stdout + result.stderr
+
+
+def test_bad_input_sends_nothing(cml: Emulator) -> None:
+    url = cml.job_url("alice", "risk-analysis", "208")
+    result = run("start", url, "-e", "START_DATE")
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert "NAME=VALUE" in result.stderr
+    assert cml.requests() == []
+
+
+def test_demo() -> None:
+    result = run("demo", key=None)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"engine id [a-z0-9]{16}", result.stdout)
+    assert "START_DATE=2017-01-01 END_DATE=2017-01-31" in result.stdout
