@@ -36,7 +36,14 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cml_tasks.errors import CMLInputError
 
@@ -45,6 +52,8 @@ __all__ = [
     "Rendering",
     "Unit",
     "Window",
+    "explicit_window",
+    "make_rendering",
     "parse_date",
     "parse_every",
     "window_for",
@@ -490,3 +499,55 @@ class Rendering(BaseModel):
             self.end_var: self.render_date(end),
             **self.extra,
         }
+
+
+def make_rendering(
+    *,
+    start_var: str = "START_DATE",
+    end_var: str = "END_DATE",
+    date_format: str = "%Y-%m-%d",
+    inclusive_end: bool = True,
+    extra: dict[str, str] | None = None,
+) -> Rendering:
+    """A :class:`Rendering` from flat options (CLI, flow parameters), else a CMLInputError.
+
+    Callers outside pydantic then see one error type, with each problem stated plainly.
+    """
+    try:
+        return Rendering(
+            start_var=start_var,
+            end_var=end_var,
+            date_format=date_format,
+            inclusive_end=inclusive_end,
+            extra=extra or {},
+        )
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise CMLInputError("invalid rendering options: " + "; ".join(problems)) from None
+
+
+def explicit_window(cadence: Cadence, first_day: date, last_day: date | None = None) -> Window:
+    """The cadence's window starting on ``first_day`` (and, if given, ending on ``last_day``).
+
+    A date range that is not exactly one window of the cadence is an error, not a custom
+    window: a typo (``2017-01-30`` for ``2017-01-31``) must not quietly send a partial month.
+    """
+    first_day = _check_plain_date(first_day, "window start")
+    window = cadence.window_containing(first_day)
+    expected = f"{window.start.isoformat()}..{window.last_day.isoformat()}"
+    if window.start != first_day:
+        raise CMLInputError(
+            f"window start {first_day.isoformat()} is not the first day of a window of "
+            f"{cadence}: the window containing it is {expected}"
+        )
+    if last_day is not None and _check_plain_date(last_day, "window end") != window.last_day:
+        raise CMLInputError(
+            f"window {first_day.isoformat()}..{last_day.isoformat()} is not a window of "
+            f"{cadence}: the window starting {first_day.isoformat()} is {expected} "
+            "(the end is the last day, inclusive)"
+        )
+    return window
