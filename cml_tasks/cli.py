@@ -122,6 +122,67 @@ def start_and_report(
 
 
 @app.command()
+def windows(
+    from_: Annotated[
+        str, typer.Option("--from", metavar="YYYY-MM-DD", help="First day of the range.")
+    ],
+    to: Annotated[
+        str, typer.Option("--to", metavar="YYYY-MM-DD", help="Last day of the range (inclusive).")
+    ],
+    every: Annotated[
+        str, typer.Option(help="Cadence: day, week, month, quarter, year, or e.g. '3 months'.")
+    ] = "month",
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the cadence.")] = "UTC",
+    week_start: Annotated[str, typer.Option(help="First day of weekly windows.")] = "monday",
+    start_var: Annotated[str, typer.Option(help="Variable for the first day.")] = "START_DATE",
+    end_var: Annotated[str, typer.Option(help="Variable for the end.")] = "END_DATE",
+    date_format: Annotated[str, typer.Option(help="strftime format of the dates.")] = "%Y-%m-%d",
+    exclusive_end: Annotated[
+        bool, typer.Option("--exclusive-end", help="Send the day after the window as its end.")
+    ] = False,
+    extra: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="NAME=VALUE", help="A fixed variable sent as well."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the calendar windows in a range and the environment each run would get."""
+    from cml_tasks.environment import parse_assignments
+    from cml_tasks.windows import make_rendering, parse_date, parse_every, windows_between
+
+    try:
+        cadence = parse_every(every, week_start=week_start, timezone=timezone)
+        rendering = make_rendering(
+            start_var=start_var,
+            end_var=end_var,
+            date_format=date_format,
+            inclusive_end=not exclusive_end,
+            extra=parse_assignments(extra or []),
+        )
+        found = windows_between(parse_date(from_), parse_date(to), cadence)
+    except CMLError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        rows = [
+            {
+                "window": window.label,
+                "first_day": window.start.isoformat(),
+                "last_day": window.last_day.isoformat(),
+                "environment": rendering.environment(window),
+            }
+            for window in found
+        ]
+        typer.echo(json.dumps(rows))
+        return
+    end = "exclusive" if exclusive_end else "inclusive"
+    typer.echo(f"{len(found)} windows, {cadence}, end {end}:")
+    width = max(len(window.label) for window in found)
+    for window in found:
+        shown = " ".join(f"{k}={v}" for k, v in rendering.environment(window).items())
+        typer.echo(f"  {window.label:<{width}}  {shown}")
+
+
+@app.command()
 def emulator(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8090,
