@@ -113,6 +113,10 @@ class CMLRunSkipped(CMLRunError):
     """The run ended SKIPPED: CML did not run it (e.g. another run of the job was active)."""
 
 
+class CMLWaitCancelled(CMLError):
+    """Following a run was cancelled (e.g. the Prefect flow run was); the run was stopped."""
+
+
 class CMLWaitTimeout(CMLError):
     """Our maximum wait passed before the run ended; `stopped` says whether we stopped it."""
 
