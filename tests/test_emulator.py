@@ -149,7 +149,7 @@ def test_v1_curl_example_verbatim(emu: Emulator) -> None:
         curl -v -XPOST http://cdsw.example.com/api/v1/projects/alice/risk-analysis/jobs/208/start      \\
         --user "uysgxtj7jzkps96njextnxxmq05usp0b:" --header "Content-type: application/json"           \\
         --data '{"environment": {"START_DATE": "2017-01-01", "END_DATE": "2017-01-31"}}'
-        """).replace("http://cdsw.example.com", emu.url)
+        """).replace("http://cdsw.example.com", emu.url)  # noqa: E501 (the doc's text, verbatim)
     done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=10)
 
     assert done.returncode == 0, done.stderr
@@ -169,7 +169,7 @@ def test_v1_curl_sample_request_with_empty_body(emu: Emulator) -> None:
     command = textwrap.dedent("""\
         curl -v -XPOST http://cdsw.example.com/api/v1/projects/alice/risk-analysis/jobs/208/start    \\
         --user "<API_KEY>:" --header "Content-type: application/json"
-        """)
+        """)  # noqa: E501 (the doc's text, verbatim)
     command = command.replace("http://cdsw.example.com", emu.url).replace(
         "<API_KEY>", DEFAULT_V1_KEY
     )
@@ -183,9 +183,10 @@ def test_v1_curl_sample_request_with_empty_body(emu: Emulator) -> None:
 
 def test_v1_curl_without_content_type_is_refused(emu: Emulator) -> None:
     """The doc's first form lacks the header its own note says is required."""
-    command = 'curl -s -w "\\n%{http_code}" -XPOST http://cdsw.example.com/api/v1/<path_to_job> --user "<API_KEY>:"'
+    documented = 'curl -v -XPOST http://cdsw.example.com/api/v1/<path_to_job> --user "<API_KEY>:"'
     command = (
-        command.replace("http://cdsw.example.com", emu.url)
+        documented.replace("curl -v", 'curl -s -w "\\n%{http_code}"')
+        .replace("http://cdsw.example.com", emu.url)
         .replace("<path_to_job>", START_208.removeprefix("/api/v1/"))
         .replace("<API_KEY>", DEFAULT_V1_KEY)
     )
@@ -975,6 +976,38 @@ def test_start_stop_and_restart() -> None:
     emu.stop()
     with emu:
         assert len(emu.runs()) == 1
+
+
+def test_serve_prints_where_and_as_whom() -> None:
+    code = (
+        "from cml_tasks.emulator import default_config, serve\n"
+        "serve('127.0.0.1', 0, default_config())"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        banner = [proc.stdout.readline() for _ in range(6)]
+        url = banner[0].split()[-1]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        rest = "".join(banner) + "".join(proc.stdout.readline() for _ in range(8))
+        assert DEFAULT_V1_KEY in rest
+        assert f"{url}/alice/risk-analysis/jobs/208" in rest
+        wait_for(lambda: _accepts(url), timeout=10)
+        response = httpx.post(url + START_208, headers={**basic(DEFAULT_V1_KEY), **JSON})
+        assert response.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _accepts(url: str) -> bool:
+    try:
+        httpx.get(url + "/_emulator/runs")
+    except httpx.TransportError:
+        return False
+    return True
 
 
 def test_emulator_does_not_import_prefect() -> None:

@@ -9,6 +9,7 @@ import time
 from types import TracebackType
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from ._app import build_app
 from ._config import EmulatorConfig, default_config
@@ -29,7 +30,7 @@ class Emulator:
     def __init__(
         self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
     ) -> None:
-        self.config = config or default_config()
+        self.config = config if config is not None else default_config()
         self.host = host
         self._port = port
         self._state = EmulatorState(self.config)
@@ -68,7 +69,7 @@ class Emulator:
         if self._thread is not None:
             raise RuntimeError("the emulator is already running")
         sock = _bind(self.host, self._port)
-        server = uvicorn.Server(_uvicorn_config(self._state, log_level="warning"))
+        server = uvicorn.Server(_uvicorn_config(self._state, foreground=False))
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="cml-emulator", daemon=True
         )
@@ -114,24 +115,29 @@ def serve(host: str, port: int, config: EmulatorConfig) -> None:
     state = EmulatorState(config)
     sock = _bind(host, port)
     print(_banner(_base_url(host, sock.getsockname()[1]), config), flush=True)
-    uvicorn.Server(_uvicorn_config(state, log_level="info")).run(sockets=[sock])
+    uvicorn.Server(_uvicorn_config(state, foreground=True)).run(sockets=[sock])
 
 
-def _uvicorn_config(state: EmulatorState, log_level: str) -> uvicorn.Config:
+def _uvicorn_config(state: EmulatorState, foreground: bool) -> uvicorn.Config:
+    """In the foreground, uvicorn's own access log; in a host process, its logging left alone."""
     return uvicorn.Config(
         build_app(state),
         lifespan="off",
-        log_level=log_level,
-        log_config=None,  # leave the host application's logging alone
+        log_level="info" if foreground else "warning",
+        log_config=LOGGING_CONFIG if foreground else None,
         server_header=False,
         timeout_graceful_shutdown=1,
     )
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """Bind and listen before the server starts, so the port is known and connections queue."""
+    """Bind and listen before the server starts, so the port is known and connections queue.
+
+    ``IPPROTO_TCP`` explicitly: asyncio only disables Nagle on sockets that say so, and without
+    it every keep-alive answer waits ~40 ms for a delayed ACK.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
