@@ -1,0 +1,132 @@
+"""Start a run safely: after an "outcome unknown" start, ask CML instead of guessing.
+
+CML has no idempotency key. When a start's answer is lost (timeout after sending, 500/502/504,
+dropped connection), list the job's runs created since just before the attempt: a run with
+exactly this environment is ours, adopt it; none means CML never created it, so starting
+again cannot run the job twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from cml_tasks.client import AsyncCMLClient, CMLClient
+from cml_tasks.environment import validate_environment
+from cml_tasks.errors import CMLError, CMLOutcomeUnknown
+from cml_tasks.job import JobRef
+from cml_tasks.models import JobRun
+
+logger = logging.getLogger("cml_tasks.reconcile")
+
+CLOCK_SKEW = timedelta(minutes=2)
+"""How far CML's clock (`created_at`) may be behind ours (`requested_at`)."""
+
+
+def is_ours(run: JobRun, environment: Mapping[str, str], since: datetime) -> bool:
+    """Created no earlier than `since` (minus the skew) with exactly this environment."""
+    created = run.created_at
+    return created is not None and created >= since - CLOCK_SKEW and run.environment == environment
+
+
+def find_started_run(
+    client: CMLClient, job: str | JobRef, environment: Mapping[str, str], since: datetime
+) -> JobRun | None:
+    """The run created for `job` since `since` with exactly `environment`, if any."""
+    for run in client.list_runs(job, sort="-created_at", page_size=100):
+        if run.created_at is not None and run.created_at < since - CLOCK_SKEW:
+            return None  # newest first: everything further is older
+        if is_ours(run, environment, since):
+            return run
+    return None
+
+
+async def async_find_started_run(
+    client: AsyncCMLClient, job: str | JobRef, environment: Mapping[str, str], since: datetime
+) -> JobRun | None:
+    """`find_started_run` for asyncio."""
+    async for run in client.list_runs(job, sort="-created_at", page_size=100):
+        if run.created_at is not None and run.created_at < since - CLOCK_SKEW:
+            return None
+        if is_ours(run, environment, since):
+            return run
+    return None
+
+
+def start_run(
+    client: CMLClient,
+    job: str | JobRef,
+    environment: Mapping[str, object] | None = None,
+    arguments: str | None = None,
+    *,
+    attempts: int = 3,
+    settle: float = 2.0,
+) -> JobRun:
+    """Create a run (API v2); on an unknown outcome, adopt the run it made or start again.
+
+    `settle` seconds pass before asking, so a run created at the last moment is listed.
+    At most `attempts` starts; the last unknown outcome is raised if all were lost.
+    """
+    env = validate_environment(environment)
+    attempt = 0
+    while True:
+        attempt += 1
+        requested_at = datetime.now(UTC)
+        try:
+            return client.create_run(job, env, arguments)
+        except CMLOutcomeUnknown as unknown:
+            time.sleep(settle)
+            try:
+                found = find_started_run(client, job, env, requested_at)
+            except CMLError as error:  # CML cannot be asked either: still unknown
+                raise unknown from error
+            if found is not None:
+                return _adopted(found)
+            _retrying(unknown, attempt, attempts)
+
+
+async def async_start_run(
+    client: AsyncCMLClient,
+    job: str | JobRef,
+    environment: Mapping[str, object] | None = None,
+    arguments: str | None = None,
+    *,
+    attempts: int = 3,
+    settle: float = 2.0,
+) -> JobRun:
+    """`start_run` for asyncio."""
+    env = validate_environment(environment)
+    attempt = 0
+    while True:
+        attempt += 1
+        requested_at = datetime.now(UTC)
+        try:
+            return await client.create_run(job, env, arguments)
+        except CMLOutcomeUnknown as unknown:
+            await asyncio.sleep(settle)
+            try:
+                found = await async_find_started_run(client, job, env, requested_at)
+            except CMLError as error:
+                raise unknown from error
+            if found is not None:
+                return _adopted(found)
+            _retrying(unknown, attempt, attempts)
+
+
+def _adopted(run: JobRun) -> JobRun:
+    logger.warning(
+        "The start's answer was lost, but CML created run %s of %s: adopting it (%s)",
+        run.id,
+        run.job.slug,
+        run.page_url,
+    )
+    return run
+
+
+def _retrying(unknown: CMLOutcomeUnknown, attempt: int, attempts: int) -> None:
+    if attempt >= attempts:
+        raise unknown
+    logger.warning("CML did not create the run (%s); starting again, safely", unknown)
