@@ -82,7 +82,9 @@ class _Frontdoor:
         request_id = uuid.uuid4().hex
         arrived = rfc3339(datetime.now(UTC))
         endpoint = self._endpoint(scope)
-        fault = self.state.faults.draw(endpoint) if endpoint in ENDPOINTS and endpoint else None
+        fault: Fault | None = None
+        if endpoint is not None and endpoint in ENDPOINTS:
+            fault = self.state.faults.draw(endpoint)
         logged = False
 
         def log(status: int | Literal["dropped"]) -> None:
