@@ -125,8 +125,11 @@ class _Frontdoor:
             if fault is None:
                 await self.app(scope, receive, send_with_id)
             elif fault.kind == "latency":
+                # A slow server has the whole request before it dawdles: a client giving up
+                # meanwhile does not undo the work, as with a real CML.
+                received = await _buffered(receive)
                 await asyncio.sleep(fault.seconds)
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, received, send_with_id)
             elif fault.kind == "drop":
                 await hang_up()
             elif fault.kind == "lost_answer":
@@ -136,6 +139,28 @@ class _Frontdoor:
                 await _injected_error(scope, fault)(scope, receive, send_with_id)
         finally:
             log("dropped")  # no answer went out (the app or the hang-up failed)
+
+
+async def _buffered(receive: Receive) -> Receive:
+    """Read the request body now; replay it to the app later."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return {"type": "http.disconnect"}
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def _injected_error(scope: Scope, fault: Fault) -> Response:
