@@ -6,15 +6,19 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import State, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, Completed
 
 from cml_tasks.blocks import CMLCredentials
-from cml_tasks.client import CMLClient
+from cml_tasks.client import AsyncCMLClient, CMLClient
 from cml_tasks.errors import CMLInputError
+from cml_tasks.events import emit_run_event
 from cml_tasks.job import JobRef
-from cml_tasks.models import StartedRun
+from cml_tasks.models import JobRun, RunStatus, StartedRun
+from cml_tasks.reconcile import async_start_run, start_run
 from cml_tasks.settings import CMLSettings
+from cml_tasks.waiting import RunPoller, async_wait_for_run, raise_for_status
 
 
 def resolve_settings(credentials: CMLCredentials | CMLSettings | None) -> CMLSettings:
@@ -70,3 +74,143 @@ def start_cml_job(
         "Started CML job %s: engine %s, job page %s", run.job.slug, run.engine_id, run.job_url
     )
     return run
+
+
+# --- Following runs to completion (API v2) ---------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def shared_poller(settings: CMLSettings, poll_interval: float) -> RunPoller:
+    """One poller per settings and interval: concurrent task runs share their polls."""
+    return RunPoller(shared_client(settings), poll_interval=poll_interval)
+
+
+def flow_run_cancelling() -> bool:
+    """True once Prefect's runner has told this process it is cancelling the flow run.
+
+    The runner (`serve`, process worker) sends the intent over its control channel just
+    before SIGTERM; the SIGTERM reaches only the main thread, so task runs in worker threads
+    read the intent instead. (Prefect-internal API: absent, it reads False and the
+    interrupt handling in the waiter remains.)
+    """
+    try:
+        from prefect._internal.control_listener import get_intent
+    except ImportError:  # pragma: no cover - another Prefect version
+        return False
+    return get_intent() == "cancel"
+
+
+def final_state(run: JobRun) -> JobRun | State[JobRun]:
+    """The Prefect outcome of a terminal run; emits its event and logs it.
+
+    SUCCEEDED -> the run (Completed); SKIPPED -> a Completed state named "Skipped";
+    STOPPED -> Cancelled; FAILED, TIMEDOUT -> raises `CMLRunFailed`/`CMLRunTimedOut` (Failed).
+    """
+    emit_run_event(run)
+    if run.status is RunStatus.SUCCEEDED:
+        return run
+    message = f"CML run {run.id} of {run.job.slug} ended {run.status.short}: {run.page_url}"
+    if run.status is RunStatus.SKIPPED:
+        return Completed(name="Skipped", message=message, data=run)
+    if run.status is RunStatus.STOPPED:
+        return Cancelled(message=message, data=run)
+    raise_for_status(run)
+    raise AssertionError(f"not a terminal status: {run.status}")  # pragma: no cover
+
+
+def _run_run_name(parameters: dict[str, Any]) -> str:
+    label = parameters.get("window") or window_text(parameters.get("environment"))
+    return " ".join(part for part in ("run", job_slug(parameters["job"]), label) if part)
+
+
+def _follow_run_name(parameters: dict[str, Any]) -> str:
+    return f"follow {job_slug(parameters['job'])} run {parameters['run_id']}"
+
+
+def _started(run: JobRun) -> None:
+    get_run_logger().info("Started CML run %s of %s: %s", run.id, run.job.slug, run.page_url)
+    emit_run_event(run)
+
+
+def _log_change(run: JobRun) -> None:
+    get_run_logger().info("CML run %s is %s: %s", run.id, run.status.short, run.page_url)
+
+
+@task(name="run-cml-job", task_run_name=_run_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]
+def run_cml_job(
+    job: str | JobRef,
+    environment: dict[str, str] | None = None,
+    arguments: str | None = None,
+    credentials: CMLCredentials | CMLSettings | None = None,
+    window: str | None = None,
+    poll_interval: float = 30.0,
+    max_wait: float | None = None,
+    stop_on_timeout: bool = True,
+) -> JobRun:
+    """Start a run (API v2) and follow it to the end; the task ends as the run did.
+
+    An "outcome unknown" start is reconciled (never a second run for the same window).
+    Concurrent task runs share polls. Cancelling the flow run, or reaching `max_wait`
+    seconds (unless `stop_on_timeout=False`), stops the CML run.
+    """
+    settings = resolve_settings(credentials)
+    client = shared_client(settings)
+    run = start_run(client, job, environment, arguments)
+    _started(run)
+    done = shared_poller(settings, poll_interval).wait(
+        run,
+        max_wait=max_wait,
+        stop_on_timeout=stop_on_timeout,
+        on_change=_log_change,
+        should_cancel=flow_run_cancelling,
+    )
+    return final_state(done)  # type: ignore[return-value]
+
+
+@task(name="follow-cml-run", task_run_name=_follow_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]
+def follow_cml_run(
+    job: str | JobRef,
+    run_id: str,
+    credentials: CMLCredentials | CMLSettings | None = None,
+    poll_interval: float = 30.0,
+    max_wait: float | None = None,
+    stop_on_timeout: bool = True,
+) -> JobRun:
+    """Follow a run started elsewhere (e.g. the engine id of `start_cml_job`) to the end."""
+    settings = resolve_settings(credentials)
+    run = shared_client(settings).get_run(job, run_id)
+    done = shared_poller(settings, poll_interval).wait(
+        run,
+        max_wait=max_wait,
+        stop_on_timeout=stop_on_timeout,
+        on_change=_log_change,
+        should_cancel=flow_run_cancelling,
+    )
+    return final_state(done)  # type: ignore[return-value]
+
+
+@task(name="run-cml-job", task_run_name=_run_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]
+async def arun_cml_job(
+    job: str | JobRef,
+    environment: dict[str, str] | None = None,
+    arguments: str | None = None,
+    credentials: CMLCredentials | CMLSettings | None = None,
+    window: str | None = None,
+    poll_interval: float = 30.0,
+    max_wait: float | None = None,
+    stop_on_timeout: bool = True,
+) -> JobRun:
+    """`run_cml_job` for async flows (one GET per poll; cancelling the task stops the run)."""
+    async with AsyncCMLClient(resolve_settings(credentials)) as client:
+        run = await async_start_run(client, job, environment, arguments)
+        _started(run)
+        done = await async_wait_for_run(
+            client,
+            run,
+            poll_interval=poll_interval,
+            max_wait=max_wait,
+            stop_on_timeout=stop_on_timeout,
+            on_change=_log_change,
+            should_cancel=flow_run_cancelling,
+        )
+    return final_state(done)  # type: ignore[return-value]
