@@ -45,6 +45,7 @@ from pydantic import (
     model_validator,
 )
 
+from cml_tasks.environment import ENV_NAME
 from cml_tasks.errors import CMLInputError
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
 ]
 
 _EPOCH = date(1970, 1, 1)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -439,7 +439,7 @@ class Rendering(BaseModel):
     @field_validator("start_var", "end_var")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _ENV_NAME.fullmatch(value):
+        if not ENV_NAME.fullmatch(value):
             raise ValueError(
                 f"invalid environment variable name {value!r}: use letters, digits and "
                 "underscores, not starting with a digit"
@@ -465,7 +465,7 @@ class Rendering(BaseModel):
     @classmethod
     def _valid_extra(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            if not _ENV_NAME.fullmatch(name):
+            if not ENV_NAME.fullmatch(name):
                 raise ValueError(
                     f"invalid environment variable name {name!r} in extra: use letters, "
                     "digits and underscores, not starting with a digit"

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
+from cml_tasks.environment import ENV_NAME
 
 from ._http import ApiError
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def parse_environment(environment: object) -> dict[str, str]:
@@ -14,7 +12,7 @@ def parse_environment(environment: object) -> dict[str, str]:
     if not isinstance(environment, dict):
         raise ApiError(400, "environment must be an object mapping variable names to strings")
     for name, value in environment.items():
-        if not _NAME.fullmatch(name):
+        if not ENV_NAME.fullmatch(name):
             raise ApiError(400, f"invalid environment variable name {name!r}")
         if not isinstance(value, str):
             raise ApiError(400, f"environment variable {name} must be a string")
