@@ -809,7 +809,10 @@ def test_admin_runs_lists_both_apis(fresh: Emulator) -> None:
         runs = client.get("/_emulator/runs").json()["runs"]
         assert client.post("/_emulator/runs").status_code == 405
 
-    assert runs == fresh.runs()
+    def without_status(records: list[Any]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "status"} for r in records]  # status moves
+
+    assert without_status(runs) == without_status(list(fresh.runs()))
     assert [(r["id"], r["api"], r["job_id"]) for r in runs] == [
         (v1, "v1", "208"),
         (v2, "v2", "211"),
