@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -93,3 +95,11 @@ def test_runs_without_importing_prefect() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "12 windows" in done.stdout
+
+
+def test_the_readme_command() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (line,) = [line for line in readme.splitlines() if line.startswith("cml-jobs windows ")]
+    result = runner.invoke(app, shlex.split(line)[1:])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("12 windows, every month (UTC)")

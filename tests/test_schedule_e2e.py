@@ -24,7 +24,12 @@ from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
 REPOSITORY = Path(__file__).resolve().parents[1]
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = ZoneInfo("UTC")
-PREFECT_YAML = "deployments/prefect.yaml"
+# The README's commands, as documented (deploying only `monthly`: `weekly` is served below).
+CREATE_POOL = [PREFECT, "work-pool", "create", "cml-process", "--type", "process"]
+DEPLOY_MONTHLY = [PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml"]
+DEPLOY_MONTHLY += ["--name", "monthly"]
+WORKER = [PREFECT, "worker", "start", "--pool", "cml-process"]
+SERVE = [sys.executable, "deployments/serve.py"]
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +85,15 @@ def test_worker_runs_the_monthly_deployment_for_its_scheduled_windows(
     prefect_server: PrefectServer, cml: Emulator, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
 
     env = _env(prefect_server, cml, PREFECT_WORKER_QUERY_SECONDS="1")
-    with prefect_server.as_current_api(), get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name="cml-process", type="process"))
-    deploy = subprocess.run(
-        [PREFECT, "--no-prompt", "deploy", "--prefect-file", PREFECT_YAML, "--name", "monthly"],
-        cwd=REPOSITORY,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    create_pool, deploy = (
+        subprocess.run(
+            command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=120
+        )
+        for command in (CREATE_POOL, DEPLOY_MONTHLY)
     )
+    assert create_pool.returncode == 0, create_pool.stdout + create_pool.stderr
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
 
     with prefect_server.as_current_api(), get_client(sync_client=True) as client:
@@ -114,7 +114,7 @@ def test_worker_runs_the_monthly_deployment_for_its_scheduled_windows(
     )
     before = len(cml.runs())
     log = tmp_path / "worker.log"
-    worker = spawn([PREFECT, "worker", "start", "--pool", "cml-process", "--run-once"], env, log)
+    worker = spawn([*WORKER, "--run-once"], env, log)
     try:
         runs = _wait_until_final(prefect_server, [january, late], log)
     finally:
@@ -136,7 +136,7 @@ def test_serve_runs_the_weekly_deployment(
 
     env = _env(prefect_server, cml, PREFECT_RUNNER_POLL_FREQUENCY="1")
     log = tmp_path / "serve.log"
-    served = spawn([sys.executable, "deployments/serve.py", "weekly"], env, log)
+    served = spawn([*SERVE, "weekly"], env, log)
     try:
         deadline = time.monotonic() + 60
         with prefect_server.as_current_api(), get_client(sync_client=True) as client:
@@ -166,3 +166,11 @@ def test_serve_runs_the_weekly_deployment(
     assert _environments_since(cml, before) == [
         {"START_DATE": "2017-01-02", "END_DATE": "2017-01-08"}
     ]
+
+
+def test_the_readme_documents_these_commands() -> None:
+    readme = (REPOSITORY / "README.md").read_text()
+    assert "prefect " + " ".join(CREATE_POOL[1:]) in readme
+    assert "prefect " + " ".join(DEPLOY_MONTHLY[2:5]) + " --all" in readme
+    assert "prefect " + " ".join(WORKER[1:]) in readme
+    assert "python deployments/serve.py" in readme
