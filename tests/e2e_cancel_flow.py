@@ -1,0 +1,17 @@
+"""Served by tests/test_cancel_e2e.py in a subprocess: a flow that follows one long CML run."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from cml_tasks.tasks import run_cml_job
+
+
+@flow(name="follow-cml")
+def follow_cml(job_url: str) -> None:
+    # Submitted: the task runs in a worker thread, which SIGTERM never reaches.
+    run_cml_job.submit(job_url, {"WINDOW": "cancel-me"}, poll_interval=0.5).result()
+
+
+if __name__ == "__main__":
+    follow_cml.serve(name="cancel-e2e")
