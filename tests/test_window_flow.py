@@ -113,19 +113,29 @@ def job_url(cml: Emulator, monkeypatch: pytest.MonkeyPatch) -> str:
     return cml.job_url("alice", "risk-analysis", "208")
 
 
-def _run_scheduled(scheduled: datetime, parameters: dict[str, Any]) -> Any:
-    """Create a flow run scheduled for `scheduled` and execute it here, as a worker would."""
+def _schedule(scheduled: datetime, parameters: dict[str, Any]) -> Any:
+    """A flow run scheduled for `scheduled`, as a deployment's schedule would create it."""
     from prefect.client.orchestration import get_client
-    from prefect.flow_engine import run_flow
     from prefect.states import Scheduled
 
     with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run(
+        return client.create_flow_run(
             cml_window_run, parameters=parameters, state=Scheduled(scheduled_time=scheduled)
         )
+
+
+def _execute(flow_run: Any, parameters: dict[str, Any]) -> tuple[Any, Any]:
+    """Execute an existing flow run here, as a worker would: its result and final record."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
     result = run_flow(cml_window_run, flow_run=flow_run, parameters=parameters)
     with get_client(sync_client=True) as client:
         return result, client.read_flow_run(flow_run.id)
+
+
+def _run_scheduled(scheduled: datetime, parameters: dict[str, Any]) -> tuple[Any, Any]:
+    return _execute(_schedule(scheduled, parameters), parameters)
 
 
 def _artifact_for(flow_run_id: Any) -> Any:
@@ -171,6 +181,33 @@ def test_late_run_still_sends_its_scheduled_window(cml: Emulator, job_url: str) 
         {"START_DATE": "2017-02-01", "END_DATE": "2017-02-28"}
     ]
     assert flow_run.name == "risk-analysis/208 2017-02"
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_retried_run_keeps_its_window(
+    cml: Emulator, job_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import AwaitingRetry
+
+    # The first attempt fails (no API key), before any request; then retried "now", as the
+    # UI's Retry does: still January, the window of its schedule.
+    monkeypatch.delenv("CML_API_KEY")
+    parameters = {"job": job_url, "timezone": "Europe/Berlin"}
+    before = len(cml.runs())
+    flow_run = _schedule(datetime(2017, 2, 1, 2, tzinfo=BERLIN), parameters)
+    with pytest.raises(CMLConfigError):
+        _execute(flow_run, parameters)
+    assert len(cml.runs()) == before
+
+    monkeypatch.setenv("CML_API_KEY", DEFAULT_V1_KEY)
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, AwaitingRetry(), force=True)
+        retry = client.read_flow_run(flow_run.id)
+    run, final = _execute(retry, parameters)
+    assert [r["environment"] for r in cml.runs()[before:]] == [JANUARY]
+    assert run.environment == JANUARY
+    assert (final.name, final.run_count) == ("risk-analysis/208 2017-01", 2)
 
 
 @pytest.mark.usefixtures("prefect_api")
