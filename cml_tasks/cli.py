@@ -10,7 +10,7 @@ import json
 import sys
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -22,8 +22,12 @@ from cml_tasks.errors import (
     CMLNotFoundError,
     CMLOutcomeUnknown,
     CMLRequestRejected,
+    CMLRunError,
 )
 from cml_tasks.settings import CMLSettings
+
+if TYPE_CHECKING:
+    from cml_tasks.models import JobRun
 
 
 class ExitCode(IntEnum):
@@ -37,12 +41,18 @@ class ExitCode(IntEnum):
     REJECTED = 5
     SERVER = 6
     OUTCOME_UNKNOWN = 7
+    RUN_FAILED = 10
+    RUN_TIMED_OUT = 11
+    RUN_STOPPED = 12
+    RUN_SKIPPED = 13
+    WAIT_TIMEOUT = 14
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 2 bad input or settings, 3 authentication failed, 4 not found, "
     "5 request rejected, 6 server or network trouble, 7 outcome unknown (the run may have "
-    "started)."
+    "started). With `start --wait`: 0 the run succeeded, 10 it failed, 11 CML timed it out, "
+    "12 it was stopped, 13 it was skipped, 14 --timeout passed (the run was stopped)."
 )
 
 app = typer.Typer(
@@ -55,7 +65,22 @@ app = typer.Typer(
 
 
 def exit_code_for(error: CMLError) -> ExitCode:
+    from cml_tasks.errors import (
+        CMLRunFailed,
+        CMLRunSkipped,
+        CMLRunStopped,
+        CMLRunTimedOut,
+        CMLWaitCancelled,
+        CMLWaitTimeout,
+    )
+
     for kind, code in (
+        (CMLRunFailed, ExitCode.RUN_FAILED),
+        (CMLRunTimedOut, ExitCode.RUN_TIMED_OUT),
+        (CMLRunStopped, ExitCode.RUN_STOPPED),
+        (CMLWaitCancelled, ExitCode.RUN_STOPPED),
+        (CMLRunSkipped, ExitCode.RUN_SKIPPED),
+        (CMLWaitTimeout, ExitCode.WAIT_TIMEOUT),
         (CMLInputError, ExitCode.BAD_INPUT),
         (CMLConfigError, ExitCode.BAD_INPUT),
         (CMLAuthError, ExitCode.AUTH),
@@ -91,9 +116,136 @@ def start(
         typer.Option("--env", "-e", metavar="NAME=VALUE", help="Environment for the run."),
     ] = None,
     as_json: JsonOption = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Start through API v2 and follow the run to its end (CML_API_V2_KEY)."
+        ),
+    ] = False,
+    timeout: Annotated[
+        str | None,
+        typer.Option(help="With --wait: give up after this long (e.g. 2h, 30m) and stop the run."),
+    ] = None,
+    poll: Annotated[str, typer.Option(help="With --wait: time between polls.")] = "30s",
 ) -> None:
-    """Start a run of a CML job (API v1) and print its engine id."""
-    start_and_report(job, env or [], as_json=as_json)
+    """Start a run of a CML job (API v1) and print its engine id; with --wait, follow it."""
+    if not wait:
+        start_and_report(job, env or [], as_json=as_json)
+        return
+    try:
+        max_wait = parse_duration(timeout) if timeout else None
+        poll_interval = parse_duration(poll)
+    except ValueError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    start_and_follow(
+        job, env or [], as_json=as_json, max_wait=max_wait, poll_interval=poll_interval
+    )
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `30m`, `2h` or `1d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    scale = units.get(value[-1:])
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise ValueError(f"Invalid duration {text!r}: use e.g. 90s, 30m, 2h") from None
+    if seconds <= 0:
+        raise ValueError(f"Invalid duration {text!r}: must be positive")
+    return seconds
+
+
+def start_and_follow(
+    job: str,
+    assignments: list[str],
+    *,
+    as_json: bool,
+    max_wait: float | None,
+    poll_interval: float,
+    settings: CMLSettings | None = None,
+) -> None:
+    """`start --wait`: start (reconciling a lost answer), follow, exit with the outcome's code."""
+    from cml_tasks.client import CMLClient
+    from cml_tasks.environment import parse_assignments
+    from cml_tasks.reconcile import start_run
+    from cml_tasks.waiting import raise_for_status, wait_for_run
+
+    def show(run: JobRun) -> None:
+        if not as_json:
+            typer.echo(f"{run.status.short:<10} run {run.id}  {run.page_url}")
+
+    try:
+        environment = parse_assignments(assignments)
+        with CMLClient(settings or CMLSettings.load()) as client:
+            run = start_run(client, job, environment)
+            done = wait_for_run(
+                client, run, poll_interval=poll_interval, max_wait=max_wait, on_change=show
+            )
+        if as_json:
+            typer.echo(done.model_dump_json())
+        raise_for_status(done)
+    except CMLError as error:
+        fail(error, as_json=as_json and not isinstance(error, CMLRunError))
+
+
+@app.command()
+def runs(
+    job: Annotated[str, typer.Argument(help="Job Overview page URL")],
+    limit: Annotated[int, typer.Option(help="How many of the newest runs to show.")] = 10,
+    status: Annotated[
+        str | None, typer.Option(help="Only runs in this status, e.g. running or failed.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List a job's recent runs (API v2), newest first, with status and environment."""
+    from itertools import islice
+
+    from cml_tasks.client import CMLClient
+
+    try:
+        with CMLClient(CMLSettings.load()) as client:
+            found = list(
+                islice(
+                    client.list_runs(
+                        job,
+                        page_size=min(limit, 100),
+                        search_filter={"status": status} if status else None,
+                    ),
+                    limit,
+                )
+            )
+    except CMLError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        typer.echo(json.dumps([run.model_dump(mode="json") for run in found]))
+        return
+    for run in found:
+        created = run.created_at.strftime("%Y-%m-%d %H:%M:%S") if run.created_at else "?"
+        env = " ".join(f"{name}={value}" for name, value in run.environment.items())
+        typer.echo(f"{run.id}  {run.status.short:<10} {created}  {env}".rstrip())
+
+
+@app.command()
+def stop(
+    job: Annotated[str, typer.Argument(help="Job Overview page URL")],
+    run_id: Annotated[str, typer.Argument(help="The run's id (its engine id).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Stop a run of a job (API v2); a run that already ended is left as it is."""
+    from cml_tasks.client import CMLClient
+
+    try:
+        with CMLClient(CMLSettings.load()) as client:
+            run = client.stop_run(job, run_id)
+    except CMLError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        typer.echo(run.model_dump_json())
+        return
+    typer.echo(f"Stop requested: run {run.id} is {run.status.short}  {run.page_url}")
 
 
 def start_and_report(
