@@ -19,12 +19,19 @@ from cml_tasks.errors import (
     CMLNotFoundError,
     CMLOutcomeUnknown,
     CMLRequestRejected,
+    CMLRunError,
+    CMLRunFailed,
+    CMLRunSkipped,
+    CMLRunStopped,
+    CMLRunTimedOut,
     CMLServerError,
     CMLThrottled,
     CMLTransportError,
+    CMLWaitCancelled,
+    CMLWaitTimeout,
 )
 from cml_tasks.job import JobRef
-from cml_tasks.models import StartedRun
+from cml_tasks.models import JobRun, RunPage, RunStatus, StartedRun
 from cml_tasks.settings import CMLSettings
 
 __all__ = [
@@ -38,12 +45,22 @@ __all__ = [
     "CMLNotFoundError",
     "CMLOutcomeUnknown",
     "CMLRequestRejected",
+    "CMLRunError",
+    "CMLRunFailed",
+    "CMLRunSkipped",
+    "CMLRunStopped",
+    "CMLRunTimedOut",
     "CMLServerError",
     "CMLSettings",
     "CMLThrottled",
     "CMLTransportError",
+    "CMLWaitCancelled",
+    "CMLWaitTimeout",
     "JobRef",
+    "JobRun",
     "RetryPolicy",
+    "RunPage",
+    "RunStatus",
     "StartedRun",
     "__version__",
 ]
