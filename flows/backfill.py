@@ -1,0 +1,307 @@
+"""`cml-backfill`: run a CML job once for every window of a date range, each exactly once.
+
+In-process mode (default): one task run per window (`cml_tasks.window_tasks.backfill_window`),
+at most `max_concurrency` in flight, each holding a slot of the project's global concurrency
+limit while its start is in flight. Scale-out mode: one flow run of the `cml-window-run`
+deployment per window (`run_deployment`, idempotency key per window, `timeout=0`), executed by
+the deployment's workers and bounded by its concurrency limit.
+
+Either way a second backfill over an overlapping range starts only the windows not started
+yet, and a killed backfill resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from cml_tasks.backfill import (
+    BackfillPlan,
+    BackfillReport,
+    PlannedWindow,
+    Reprocess,
+    WindowOutcome,
+    WindowStatus,
+    plan_backfill,
+)
+from cml_tasks.errors import CMLError, CMLInputError, CMLOutcomeUnknown
+from cml_tasks.job import JobRef
+from cml_tasks.settings import CMLSettings
+from cml_tasks.tasks import job_slug, resolve_settings
+from cml_tasks.window_tasks import (
+    DEFAULT_PROJECT_LIMIT,
+    backfill_window,
+    check_follow_available,
+    ensure_project_limit,
+)
+from flows.window_run import _load_credentials
+
+MAX_CONCURRENCY = 64
+"""Upper bound of `max_concurrency`: the flow's thread pool has this many workers."""
+
+Observer = Callable[[WindowOutcome, int, int], None]
+_observers: list[Observer] = []
+"""In-process listeners (the CLI's progress bar): called with (outcome, done, total)."""
+
+
+class BackfillFailed(CMLError):
+    """Some windows failed; the message lists each with why."""
+
+
+def _flow_run_name() -> str:
+    p = flow_run.parameters
+    name = f"backfill {job_slug(p.get('job', '?'))} {p.get('start')}..{p.get('end')}"
+    return name + (" (dry run)" if p.get("dry_run") else "")
+
+
+def _artifact_key(job: JobRef) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{job.project}-{job.job_id}".lower()).strip("-")
+    return f"cml-backfill-{slug}"
+
+
+def _table(report: BackfillReport) -> list[dict[str, str]]:
+    return [
+        {
+            "window": o.window,
+            "environment": " ".join(f"{k}={v}" for k, v in o.environment.items()),
+            "result": o.result,
+            "engine id or error": o.engine_id or o.error or o.reason or "",
+            "CML": o.job_url,
+        }
+        for o in report.outcomes
+    ]
+
+
+def _failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -> WindowOutcome:
+    result: str = "error"
+    if isinstance(error, CMLOutcomeUnknown):
+        result = WindowStatus.OUTCOME_UNKNOWN
+    elif isinstance(error, CMLError):
+        result = WindowStatus.START_FAILED
+    window = planned.window
+    return WindowOutcome(
+        window=planned.label,
+        window_start=window.start,
+        window_end=window.end,
+        environment=planned.environment,
+        result=result,
+        error=f"{type(error).__name__}: {error}",
+        job_url=job.page_url,
+    )
+
+
+def _resolve(
+    job: str, settings: CMLSettings, start: date, end: date, **options: Any
+) -> BackfillPlan:
+    ref = JobRef.parse(job).with_host(settings.host)
+    return plan_backfill(ref, start, end, **options)
+
+
+def _run_in_process(
+    plan: BackfillPlan,
+    *,
+    max_concurrency: int,
+    reprocess: Reprocess,
+    settings: CMLSettings,
+    project_limit: int,
+    on_done: Callable[[WindowOutcome], None],
+) -> None:
+    """Submit one task per window, never more than `max_concurrency` unfinished at once."""
+    limit_name = ensure_project_limit(plan.job, project_limit)
+    by_future: dict[PrefectFuture[WindowOutcome], PlannedWindow] = {}
+
+    def collect(future: PrefectFuture[WindowOutcome]) -> None:
+        planned = by_future.pop(future)
+        value = future.result(raise_on_failure=False)
+        if isinstance(value, WindowOutcome):
+            on_done(value)
+            return
+        if not isinstance(value, BaseException):
+            value = RuntimeError(future.state.message or "the window's task did not complete")
+        on_done(_failed_outcome(planned, plan.job, value))
+
+    for planned in plan.windows:
+        while len(by_future) >= max_concurrency:
+            collect(next(as_completed(list(by_future))))
+        future = backfill_window.submit(
+            job=plan.job,
+            planned=planned,
+            reprocess=reprocess,
+            credentials=settings,
+            project_limit=limit_name,
+        )
+        by_future[future] = planned
+    for future in as_completed(list(by_future)):
+        collect(future)
+
+
+@flow(
+    name="cml-backfill",
+    flow_run_name=_flow_run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
+    validate_parameters=True,
+)
+def cml_backfill(
+    job: str,
+    start: date,
+    end: date,
+    every: str = "month",
+    timezone: str = "UTC",
+    week_start: str = "monday",
+    start_var: str = "START_DATE",
+    end_var: str = "END_DATE",
+    date_format: str = "%Y-%m-%d",
+    inclusive_end: bool = True,
+    extra_environment: dict[str, str] | None = None,
+    max_concurrency: int = 4,
+    order: str = "oldest",
+    reprocess: str = "missing",
+    dry_run: bool = False,
+    follow: bool = False,
+    credentials_block: str | None = None,
+    project_limit: int = DEFAULT_PROJECT_LIMIT,
+    scale_out: bool = False,
+    deployment: str = "cml-window-run/risk-analysis-monthly",
+) -> BackfillReport:
+    """Start a CML job once per window of `[start, end]`; skip windows already started.
+
+    Args:
+        job: The job's Overview page URL, or `user/project/job_id` with `CML_HOST` set.
+        start: First day of the range (its window may begin earlier: windows are aligned).
+        end: Last day of the range, inclusive.
+        every, timezone, week_start, start_var, end_var, date_format, inclusive_end,
+            extra_environment: Cadence and rendering, as in the `cml-window-run` flow.
+        max_concurrency: At most this many start calls of this backfill in flight (1..64).
+        order: "oldest" or "newest" first.
+        reprocess: "missing" (default: windows not started, or whose start failed),
+            "failed" (only windows whose start failed), "all" (every window again).
+        dry_run: List the windows and their environment; start nothing.
+        follow: Follow each run to completion (needs API v2 waiting; not available yet).
+        credentials_block: Name of a saved CMLCredentials block; default: `CML_*` variables.
+        project_limit: Size of the project's global concurrency limit
+            (`cml-project:<user>:<project>`) if this backfill has to create it.
+        scale_out: Dispatch one flow run of `deployment` per window instead of tasks here.
+        deployment: `flow-name/deployment-name` of a `cml-window-run` deployment (scale-out).
+    """
+    logger = get_run_logger()
+    if not 1 <= max_concurrency <= MAX_CONCURRENCY:
+        raise CMLInputError(f"max_concurrency must be 1..{MAX_CONCURRENCY}, got {max_concurrency}")
+    try:
+        mode = Reprocess(reprocess)
+    except ValueError:
+        raise CMLInputError(
+            f"invalid reprocess {reprocess!r}: use 'missing', 'failed' or 'all'"
+        ) from None
+    if follow:
+        check_follow_available()
+    credentials = _load_credentials(credentials_block)
+    settings = resolve_settings(credentials)
+    plan = _resolve(
+        job,
+        settings,
+        start,
+        end,
+        every=every,
+        timezone=timezone,
+        week_start=week_start,
+        start_var=start_var,
+        end_var=end_var,
+        date_format=date_format,
+        inclusive_end=inclusive_end,
+        extra_environment=extra_environment,
+        order=order,
+    )
+    total = len(plan.windows)
+    logger.info(
+        "Backfill of %s: %d windows (%s), reprocess=%s", plan.job.slug, total, plan.cadence, mode
+    )
+    outcomes: dict[str, WindowOutcome] = {}
+
+    if dry_run:
+        for planned in plan.windows:
+            outcomes[planned.key] = WindowOutcome(
+                window=planned.label,
+                window_start=planned.window.start,
+                window_end=planned.window.end,
+                environment=planned.environment,
+                result="planned",
+                job_url=plan.job.page_url,
+            )
+    else:
+        progress: UUID = create_progress_artifact(  # type: ignore[assignment]
+            progress=0.0, description=f"Backfill of {plan.job.slug}: windows done of {total}"
+        )
+
+        key_of = {p.label: p.key for p in plan.windows}
+
+        def on_done(outcome: WindowOutcome) -> None:
+            outcomes[key_of[outcome.window]] = outcome
+            update_progress_artifact(artifact_id=progress, progress=100.0 * len(outcomes) / total)
+            for observer in _observers:
+                observer(outcome, len(outcomes), total)
+
+        _run_in_process(
+            plan,
+            max_concurrency=max_concurrency,
+            reprocess=mode,
+            settings=settings,
+            project_limit=project_limit,
+            on_done=on_done,
+        )
+
+    report = BackfillReport(
+        job_url=plan.job.page_url,
+        outcomes=[outcomes[p.key] for p in plan.windows],
+        dry_run=dry_run,
+    )
+    create_table_artifact(
+        key=_artifact_key(plan.job),
+        table=_table(report),
+        description=f"Backfill of {plan.job.slug}: {report.summary()}",
+    )
+    logger.info("%s", report.summary())
+    if report.failures:
+        raise BackfillFailed(
+            f"{len(report.failures)} of {total} windows failed:\n{report.failure_text()}"
+        )
+    return report
+
+
+def _window_parameters(
+    job: str,
+    every: str,
+    timezone: str,
+    week_start: str,
+    start_var: str,
+    end_var: str,
+    date_format: str,
+    inclusive_end: bool,
+    extra_environment: dict[str, str] | None,
+    credentials_block: str | None,
+) -> dict[str, Any]:
+    """The `cml-window-run` parameters shared by every window (the window is added per run)."""
+    return {
+        "job": job,
+        "every": every,
+        "timezone": timezone,
+        "week_start": week_start,
+        "start_var": start_var,
+        "end_var": end_var,
+        "date_format": date_format,
+        "inclusive_end": inclusive_end,
+        "extra_environment": extra_environment,
+        "credentials_block": credentials_block,
+    }

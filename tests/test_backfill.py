@@ -1,0 +1,286 @@
+"""Backfills against the emulator over real sockets, on a real Prefect API.
+
+Starts are counted from the emulator's own record (`emu.runs()`), never from our logs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from datetime import date, datetime
+from typing import Any
+
+import pytest
+
+from cml_tasks import RetryPolicy
+from cml_tasks.backfill import (
+    Action,
+    Reprocess,
+    WindowRecord,
+    WindowStatus,
+    decide,
+    plan_backfill,
+    window_key,
+)
+from cml_tasks.client import CMLClient
+from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator, Fault
+from cml_tasks.errors import CMLInputError
+from cml_tasks.job import JobRef
+from cml_tasks.settings import CMLSettings
+from cml_tasks.windows import Window
+
+JAN = date(2017, 1, 1)
+
+
+# --- planning (pure) ---------------------------------------------------------------------------
+
+
+def test_plan_windows_keys_and_order() -> None:
+    job = JobRef.parse("https://cml.example.com/alice/risk-analysis/jobs/208")
+    plan = plan_backfill(job, date(2017, 1, 15), date(2017, 3, 2), order="newest")
+    assert [p.label for p in plan.windows] == ["2017-03", "2017-02", "2017-01"]
+    assert plan.windows[2].environment == {"START_DATE": "2017-01-01", "END_DATE": "2017-01-31"}
+    assert len({p.key for p in plan.windows}) == 3
+    # The key is "this job, this window": rendering does not change it, the job and dates do.
+    other = plan_backfill(job, JAN, JAN, date_format="%Y%m%d", start_var="FROM", end_var="TO")
+    assert other.windows[0].key == plan.windows[2].key
+    moved = JobRef.parse("https://other.example.com/alice/risk-analysis/jobs/208")
+    assert window_key(moved, plan.windows[2].window) != plan.windows[2].key
+    week = Window(start=date(2017, 1, 2), end=date(2017, 1, 9))
+    assert window_key(job, week) != plan.windows[2].key
+
+
+def test_plan_rejects_bad_input() -> None:
+    job = JobRef.parse("https://cml.example.com/alice/risk-analysis/jobs/208")
+    with pytest.raises(CMLInputError, match="order"):
+        plan_backfill(job, JAN, JAN, order="sideways")
+    with pytest.raises(CMLInputError, match="before start"):
+        plan_backfill(job, date(2017, 2, 1), JAN)
+    with pytest.raises(CMLInputError, match="host"):
+        plan_backfill(JobRef.parse("alice/risk-analysis/208"), JAN, JAN)
+
+
+def _record(status: WindowStatus) -> WindowRecord:
+    return WindowRecord(
+        key="k",
+        job_url="https://h/alice/p/jobs/1",
+        window_start=JAN,
+        window_end=date(2017, 2, 1),
+        environment={},
+        status=status,
+        error="boom",
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "missing", "failed", "all_"),
+    [
+        (None, Action.START, Action.SKIP, Action.START),
+        (WindowStatus.STARTED, Action.SKIP, Action.SKIP, Action.START),
+        (WindowStatus.SUCCEEDED, Action.SKIP, Action.SKIP, Action.START),
+        (WindowStatus.START_FAILED, Action.START, Action.START, Action.START),
+        (WindowStatus.RUN_FAILED, Action.SKIP, Action.START, Action.START),
+        (WindowStatus.STARTING, Action.UNKNOWN, Action.UNKNOWN, Action.START),
+        (WindowStatus.OUTCOME_UNKNOWN, Action.UNKNOWN, Action.UNKNOWN, Action.START),
+    ],
+)
+def test_decide(status: WindowStatus | None, missing: Action, failed: Action, all_: Action) -> None:
+    record = None if status is None else _record(status)
+    assert decide(record, Reprocess.MISSING)[0] is missing
+    assert decide(record, Reprocess.FAILED)[0] is failed
+    assert decide(record, Reprocess.ALL)[0] is all_
+
+
+# --- the flow on the emulator ------------------------------------------------------------------
+
+
+@pytest.fixture
+def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    """A fresh emulator (new port, so new record keys), the v1 key in the environment, and
+    client retries shortened so exhausting them takes milliseconds."""
+    monkeypatch.setenv("CML_API_KEY", DEFAULT_V1_KEY)
+    fast = RetryPolicy(wait_initial=0.001, wait_max=0.01)
+    monkeypatch.setattr(
+        "cml_tasks.window_tasks.shared_client",
+        lambda settings: CMLClient(settings, retry=fast),
+    )
+    with Emulator() as cml:
+        yield cml
+
+
+@pytest.fixture(autouse=True)
+def _roomy_project_limit(prefect_api: None) -> None:
+    """Tests share one project limit; keep it out of the way unless a test narrows it."""
+    _set_project_limit(50)
+
+
+def _set_project_limit(size: int) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name("cml-project:alice:risk-analysis", size)
+
+
+def _backfill(emu: Emulator, start: str, end: str, **options: Any) -> Any:
+    from flows.backfill import cml_backfill
+
+    return cml_backfill(
+        job=emu.job_url("alice", "risk-analysis", "208"),
+        start=date.fromisoformat(start),
+        end=date.fromisoformat(end),
+        return_state=True,
+        **options,
+    )
+
+
+def _starts(emu: Emulator) -> Counter[str]:
+    """How many runs the emulator started per START_DATE."""
+    return Counter(run["environment"]["START_DATE"] for run in emu.runs())
+
+
+def _months(first: int, last: int) -> set[str]:
+    return {f"2017-{m:02d}-01" for m in range(first, last + 1)}
+
+
+def test_dry_run_lists_windows_and_starts_nothing(emu: Emulator) -> None:
+    state = _backfill(emu, "2017-01-01", "2017-12-31", dry_run=True)
+    report = state.result()
+    assert [o.result for o in report.outcomes] == ["planned"] * 12
+    assert report.outcomes[1].environment == {
+        "START_DATE": "2017-02-01",
+        "END_DATE": "2017-02-28",
+    }
+    assert emu.runs() == []
+
+
+def test_every_window_once_and_overlap_starts_only_new_ones(emu: Emulator) -> None:
+    first = _backfill(emu, "2017-01-01", "2017-06-30", max_concurrency=3)
+    assert first.is_completed()
+    assert _starts(emu) == Counter(dict.fromkeys(_months(1, 6), 1))
+    second = _backfill(emu, "2017-04-01", "2017-09-30", order="newest")
+    report = second.result()
+    assert [o.window for o in report.outcomes][:2] == ["2017-09", "2017-08"]
+    assert report.count("skipped") == 3
+    assert report.count("started") == 3
+    assert _starts(emu) == Counter(dict.fromkeys(_months(1, 9), 1))
+    engine_ids = {o.engine_id for o in report.outcomes if o.engine_id}
+    assert engine_ids <= {run["id"] for run in emu.runs()}
+
+
+def _arrivals(emu: Emulator) -> list[float]:
+    return sorted(
+        datetime.fromisoformat(r["timestamp"].replace("Z", "+00:00")).timestamp()
+        for r in emu.requests()
+        if r["endpoint"] == "v1.start"
+    )
+
+
+def _assert_at_most_in_flight(arrivals: list[float], bound: int, latency: float) -> None:
+    """Each start takes >= `latency` on the server, so `bound + 1` starts in flight together
+    would show as `bound + 1` arrivals within less than `latency`."""
+    spans = [b - a for a, b in zip(arrivals, arrivals[bound:], strict=False)]
+    assert min(spans) >= latency - 0.02, spans
+
+
+def test_concurrency_is_bounded_by_max_concurrency(emu: Emulator) -> None:
+    emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=0.3))
+    state = _backfill(emu, "2017-01-01", "2017-08-31", max_concurrency=3)
+    assert state.is_completed()
+    arrivals = _arrivals(emu)
+    assert len(arrivals) == 8
+    _assert_at_most_in_flight(arrivals, 3, 0.3)
+    assert arrivals[2] - arrivals[0] < 0.3  # and the bound was used: 3 went out together
+
+
+def test_project_limit_bounds_across_backfills(emu: Emulator) -> None:
+    _set_project_limit(2)
+    emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=0.3))
+    state = _backfill(emu, "2017-01-01", "2017-06-30", max_concurrency=5)
+    assert state.is_completed()
+    _assert_at_most_in_flight(_arrivals(emu), 2, 0.3)
+
+
+def test_failed_window_does_not_stop_the_others_and_missing_retries_it(emu: Emulator) -> None:
+    # The 3rd start answers 503 to every retry: surely not started.
+    emu.inject(Fault(endpoint="v1.start", kind="503", calls=tuple(range(3, 9))))
+    state = _backfill(emu, "2017-01-01", "2017-05-31", max_concurrency=1)
+    assert state.is_failed()
+    assert "1 of 5 windows failed" in state.message
+    assert "2017-03: start failed" in state.message
+    assert _starts(emu) == Counter(dict.fromkeys(_months(1, 5) - {"2017-03-01"}, 1))
+
+    emu.clear_faults()
+    rerun = _backfill(emu, "2017-01-01", "2017-05-31")
+    report = rerun.result()
+    assert report.count("started") == 1
+    assert report.count("skipped") == 4
+    assert _starts(emu) == Counter(dict.fromkeys(_months(1, 5), 1))
+
+
+def test_reprocess_failed_and_all(emu: Emulator) -> None:
+    emu.inject(Fault(endpoint="v1.start", kind="503", calls=tuple(range(2, 8))))
+    assert _backfill(emu, "2017-01-01", "2017-03-31", max_concurrency=1).is_failed()
+    emu.clear_faults()
+    failed_only = _backfill(emu, "2017-01-01", "2017-04-30", reprocess="failed").result()
+    # April was never attempted: `failed` leaves it alone.
+    assert [o.result for o in failed_only.outcomes] == ["skipped", "started", "skipped", "skipped"]
+    everything = _backfill(emu, "2017-01-01", "2017-02-28", reprocess="all").result()
+    assert everything.count("started") == 2
+    assert _starts(emu) == Counter({"2017-01-01": 2, "2017-02-01": 2, "2017-03-01": 1})
+
+
+def test_outcome_unknown_is_reported_and_never_retried(emu: Emulator) -> None:
+    from cml_tasks.window_tasks import read_record, record_store
+
+    # The 2nd start is created but its answer is lost; the 3rd gets a 502 (may have started).
+    emu.inject(Fault(endpoint="v1.start", kind="lost_answer", calls=(2,)))
+    emu.inject(Fault(endpoint="v1.start", kind="502", calls=(3,)))
+    state = _backfill(emu, "2017-01-01", "2017-04-30", max_concurrency=1)
+    assert state.is_failed()
+    assert "2017-02: outcome unknown" in state.message
+    assert "2017-03: outcome unknown" in state.message
+    plan = plan_backfill(
+        JobRef.parse(emu.job_url("alice", "risk-analysis", "208")), JAN, date(2017, 4, 30)
+    )
+    record = read_record(record_store(), plan.windows[1].key)
+    assert record is not None and record.status is WindowStatus.OUTCOME_UNKNOWN
+
+    emu.clear_faults()
+    rerun = _backfill(emu, "2017-01-01", "2017-04-30")
+    assert rerun.is_failed()
+    assert "2017-02: outcome unknown" in rerun.message
+    # February's run exists (answer lost), March's not: neither is started blindly.
+    assert _starts(emu) == Counter({"2017-01-01": 1, "2017-02-01": 1, "2017-04-01": 1})
+
+
+def test_records_hold_no_secret(emu: Emulator) -> None:
+    from cml_tasks.window_tasks import record_store
+
+    _backfill(emu, "2017-01-01", "2017-01-31")
+    storage = record_store().result_storage
+    basepath = getattr(storage, "basepath", None)
+    assert basepath is not None
+    from pathlib import Path
+
+    texts = [p.read_text() for p in Path(basepath).expanduser().glob("cml-backfill-*")]
+    assert texts
+    assert all(DEFAULT_V1_KEY not in text for text in texts)
+
+
+def test_bad_parameters_fail_before_any_request(emu: Emulator) -> None:
+    for options in ({"reprocess": "some"}, {"max_concurrency": 0}, {"every": "fortnight"}):
+        state = _backfill(emu, "2017-01-01", "2017-02-28", **options)
+        assert state.is_failed()
+    assert emu.requests() == []
+
+
+def test_settings_used_for_a_job_without_host(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CML_HOST", emu.url)
+    from flows.backfill import cml_backfill
+
+    state = cml_backfill(job="alice/risk-analysis/208", start=JAN, end=JAN, return_state=True)
+    assert state.is_completed()
+    assert _starts(emu) == Counter({"2017-01-01": 1})
+    assert CMLSettings.load().host == emu.url
