@@ -5,7 +5,7 @@ Every error carries the job's page URL (when known) and the server's message, ne
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cml_tasks.models import JobRun
@@ -17,6 +17,17 @@ class CMLError(Exception):
     def __init__(self, message: str, *, job_url: str | None = None) -> None:
         self.job_url = job_url
         super().__init__(f"{message} (job: {job_url})" if job_url else message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by state, not by constructor: Prefect persists failed tasks' exceptions."""
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[CMLError], args: tuple[Any, ...], state: dict[str, Any]) -> CMLError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class CMLConfigError(CMLError):

@@ -25,6 +25,7 @@ class CMLSettings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        env_ignore_empty=True,
         frozen=True,
     )
 
@@ -56,6 +57,12 @@ class CMLSettings(BaseSettings):
         from cml_tasks.job import normalize_base_url
 
         return normalize_base_url(value)
+
+    @field_validator("api_key", "api_v2_key")
+    @classmethod
+    def _empty_key_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty key is a missing key: never send `Bearer ` or a blank Basic user."""
+        return value if value is not None and value.get_secret_value().strip() else None
 
     @field_validator("ca_bundle")
     @classmethod

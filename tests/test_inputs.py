@@ -196,3 +196,31 @@ def test_plain_http_allowed_by_explicit_opt_in() -> None:
             run = client.start("http://cml.example.com/alice/risk-analysis/jobs/208")
     assert run.engine_id == "abcdefgh12345678"
     assert route.call_count == 1
+
+
+def test_empty_keys_count_as_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CML_API_KEY", "")
+    monkeypatch.setenv("CML_API_V2_KEY", "  ")
+    settings = CMLSettings.load(_env_file=None)
+    with pytest.raises(CMLConfigError) as caught:
+        settings.require("api_key", "api_v2_key")
+    assert "CML_API_KEY" in str(caught.value) and "CML_API_V2_KEY" in str(caught.value)
+    assert CMLSettings.load(_env_file=None, api_key="").api_key is None
+
+
+def test_errors_survive_pickling() -> None:
+    """Prefect persists a failed task's exception; every error must come back whole."""
+    import pickle
+
+    from cml_tasks.errors import CMLAuthError, CMLOutcomeUnknown, CMLThrottled
+
+    for error in (
+        CMLAuthError("Starting x", status_code=401, server_message="bad", job_url=URL),
+        CMLThrottled("Starting x", status_code=429, retry_after=3.0, job_url=URL),
+        CMLOutcomeUnknown("Starting x: outcome unknown", job_url=URL),
+        CMLInputError("bad job"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__
