@@ -335,6 +335,91 @@ def windows(
 
 
 @app.command()
+def backfill(
+    job: Annotated[str, typer.Argument(help="Job Overview page URL")],
+    from_: Annotated[
+        str, typer.Option("--from", metavar="YYYY-MM-DD", help="First day of the range.")
+    ],
+    to: Annotated[
+        str, typer.Option("--to", metavar="YYYY-MM-DD", help="Last day of the range (inclusive).")
+    ],
+    every: Annotated[
+        str, typer.Option(help="Cadence: day, week, month, quarter, year, or e.g. '3 months'.")
+    ] = "month",
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the cadence.")] = "UTC",
+    week_start: Annotated[str, typer.Option(help="First day of weekly windows.")] = "monday",
+    start_var: Annotated[str, typer.Option(help="Variable for the first day.")] = "START_DATE",
+    end_var: Annotated[str, typer.Option(help="Variable for the end.")] = "END_DATE",
+    date_format: Annotated[str, typer.Option(help="strftime format of the dates.")] = "%Y-%m-%d",
+    exclusive_end: Annotated[
+        bool, typer.Option("--exclusive-end", help="Send the day after the window as its end.")
+    ] = False,
+    extra: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="NAME=VALUE", help="A fixed variable sent as well."),
+    ] = None,
+    max_concurrency: Annotated[
+        int, typer.Option(help="At most this many starts in flight (1..64).")
+    ] = 4,
+    reprocess: Annotated[
+        str,
+        typer.Option(
+            help="missing: windows not started yet (or whose start failed); failed: only "
+            "failed ones; all: every window again."
+        ),
+    ] = "missing",
+    newest_first: Annotated[
+        bool, typer.Option("--newest-first", help="Newest window first.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List windows and environments; start nothing.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a job once for every window of a date range; skips windows already started.
+
+    Re-running the same command resumes: each window is started at most once. Exit code 1
+    when a window failed, 7 when a start's outcome is unknown (check CML before re-running).
+    """
+    from cml_tasks import backfill_cli
+    from cml_tasks.environment import parse_assignments
+    from cml_tasks.windows import parse_date
+
+    try:
+        start, end = parse_date(from_), parse_date(to)
+        options: dict[str, Any] = {
+            "every": every,
+            "timezone": timezone,
+            "week_start": week_start,
+            "start_var": start_var,
+            "end_var": end_var,
+            "date_format": date_format,
+            "inclusive_end": not exclusive_end,
+            "extra_environment": parse_assignments(extra or []) or None,
+            "order": "newest" if newest_first else "oldest",
+        }
+        if dry_run:
+            backfill_cli.print_report(
+                backfill_cli.dry_run(job, start, end, options), as_json=as_json
+            )
+            return
+    except CMLError as error:
+        fail(error, as_json=as_json)
+    options |= {"max_concurrency": max_concurrency, "reprocess": reprocess}
+    report, problem = backfill_cli.run(job, start, end, options, show_progress=not as_json)
+    if isinstance(problem, CMLError) and backfill_cli.is_input_error(problem):
+        fail(problem, as_json=as_json)
+    if report is None:
+        typer.echo(f"Error: {problem}", err=True)
+        raise typer.Exit(ExitCode.FAILURE)
+    backfill_cli.print_report(report, as_json=as_json)
+    if report.failures:
+        typer.echo(f"Failed windows:\n{report.failure_text()}", err=True)
+        unknown = backfill_cli.has_unknown(report)
+        raise typer.Exit(ExitCode.OUTCOME_UNKNOWN if unknown else ExitCode.FAILURE)
+
+
+@app.command()
 def emulator(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8090,

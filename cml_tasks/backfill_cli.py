@@ -1,0 +1,110 @@
+"""The work of `cml-jobs backfill`: a dry run without Prefect, or the `cml-backfill` flow with
+a progress bar (stderr) and a summary table; `--json` prints the report for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cml_tasks.backfill import BackfillReport, WindowOutcome, WindowStatus, plan_backfill
+from cml_tasks.errors import CMLError
+from cml_tasks.job import JobRef
+from cml_tasks.settings import CMLSettings
+
+
+def dry_run(job: str, start: date, end: date, options: dict[str, Any]) -> BackfillReport:
+    """The windows and environments a backfill would send: no Prefect, no request."""
+    ref = JobRef.parse(job)
+    ref = ref.with_host(None if ref.host else CMLSettings.load().host)
+    plan = plan_backfill(ref, start, end, **options)
+    outcomes = [
+        WindowOutcome(
+            window=p.label,
+            window_start=p.window.start,
+            window_end=p.window.end,
+            environment=p.environment,
+            result="planned",
+            job_url=ref.page_url,
+        )
+        for p in plan.windows
+    ]
+    return BackfillReport(job_url=ref.page_url, outcomes=outcomes, dry_run=True)
+
+
+def run(
+    job: str, start: date, end: date, options: dict[str, Any], *, show_progress: bool
+) -> tuple[BackfillReport | None, BaseException | None]:
+    """Run the flow in this process; returns the report (or the outcomes seen) and the error."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from flows import backfill as backfill_flow
+
+    seen: list[WindowOutcome] = []
+    progress = Progress(
+        TextColumn("[bold]backfill"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        console=Console(stderr=True),
+        disable=not show_progress,
+    )
+    bar = progress.add_task("", total=None)
+
+    def observe(outcome: WindowOutcome, done: int, total: int) -> None:
+        seen.append(outcome)
+        progress.update(bar, completed=done, total=total, description=_line(outcome))
+
+    backfill_flow._observers.append(observe)
+    try:
+        with progress:
+            state = backfill_flow.cml_backfill(
+                job=job, start=start, end=end, return_state=True, **options
+            )
+    finally:
+        backfill_flow._observers.remove(observe)
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, BackfillReport):
+        return value, None
+    error = value if isinstance(value, BaseException) else RuntimeError(str(state.message))
+    if not seen:
+        return None, error
+    seen.sort(key=lambda o: o.window_start, reverse=options.get("order") == "newest")
+    return BackfillReport(job_url=seen[0].job_url, outcomes=seen), error
+
+
+def _line(outcome: WindowOutcome) -> str:
+    return f"{outcome.window} {outcome.result.replace('_', ' ')}"
+
+
+def print_report(report: BackfillReport, *, as_json: bool) -> None:
+    if as_json:
+        payload = report.model_dump(mode="json")
+        payload["summary"] = report.summary()
+        typer.echo(json.dumps(payload))
+        return
+    table = Table(title=f"Backfill of {report.job_url}", title_justify="left")
+    for column in ("window", "environment", "result", "engine id / error"):
+        table.add_column(column, overflow="fold")
+    for o in report.outcomes:
+        env = " ".join(f"{k}={v}" for k, v in o.environment.items())
+        style = "red" if o.failed else None
+        detail = o.engine_id or o.error or o.reason or ""
+        table.add_row(o.window, env, o.result.replace("_", " "), detail, style=style)
+    console = Console()
+    console.print(table)
+    console.print(report.summary())
+
+
+def has_unknown(report: BackfillReport) -> bool:
+    return any(o.result == WindowStatus.OUTCOME_UNKNOWN for o in report.outcomes)
+
+
+def is_input_error(error: BaseException) -> bool:
+    """A CMLError raised before any window ran (bad input, settings)."""
+    return isinstance(error, CMLError) and type(error).__name__ != "BackfillFailed"
