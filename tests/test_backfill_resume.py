@@ -53,9 +53,8 @@ def _backfill_process(url: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.usefixtures("prefect_api")
 def test_killed_backfill_resumes_each_window_exactly_once(emu: Emulator) -> None:
-    from flows.backfill import cml_backfill
-
     from cml_tasks.window_tasks import read_record, record_store
+    from flows.backfill import cml_backfill
 
     url = emu.job_url("alice", "risk-analysis", "208")
     emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=LATENCY))
