@@ -52,7 +52,7 @@ class Listing:
             return {}
         try:
             parsed = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:  # too deep to parse: not JSON either
             raise ApiError(400, f"invalid search_filter: not JSON ({exc})") from exc
         if not isinstance(parsed, dict):
             raise ApiError(400, "invalid search_filter: must be a JSON object")

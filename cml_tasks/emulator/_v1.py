@@ -82,7 +82,8 @@ def _environment(body: bytes) -> dict[str, str]:
         return {}
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: nested too deeply for the parser (``[[[[...``) - still a bad request.
         raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise ApiError(400, "request body must be a JSON object")

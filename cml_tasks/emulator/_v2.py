@@ -73,10 +73,24 @@ _JOBS = Listing(
         *_PEOPLE_KEYS,
     },
 )
+# The spec documents the job's own keys for runs too (description, kernel, name, paused,
+# script, type; updated_at to sort): a run answers with its job's values for them.
 _RUNS = Listing(
-    exact_keys={"id", "status", "creator.username"},
-    substring_keys={"creator.email", "creator.name"},
-    sort_keys={"created_at", "id", "status", *_PEOPLE_KEYS},
+    exact_keys={"id", "status", "creator.username", "paused", "type"},
+    substring_keys={"creator.email", "creator.name", "description", "kernel", "name", "script"},
+    sort_keys={
+        "created_at",
+        "updated_at",
+        "id",
+        "status",
+        "description",
+        "kernel",
+        "name",
+        "paused",
+        "script",
+        "type",
+        *_PEOPLE_KEYS,
+    },
     choices={"status": {s.short for s in Status}},
 )
 
@@ -329,10 +343,18 @@ class _Api:
         }
 
     def _run_index(self, run: Run, now: float) -> dict[str, str]:
+        changed = max((t for t, _ in run.transitions() if t <= now), default=run.created)
         return {
             "id": run.id,
             "status": run.status(now).short,
             "created_at": self.state.timestamp(run.created),
+            "updated_at": self.state.timestamp(changed),
+            "description": "",
+            "kernel": run.job.kernel,
+            "name": run.job.name,
+            "paused": "false",
+            "script": run.job.script,
+            "type": "manual",
             **self._people("creator", self.state.person(run.creator.username)),
         }
 
@@ -343,7 +365,8 @@ def _body_object(body: bytes) -> dict[str, Any]:
         raise ApiError(400, "request body is required: send at least {}")
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: nested too deeply for the parser (``[[[[...``) - still a bad request.
         raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise ApiError(400, "request body must be a JSON object")
