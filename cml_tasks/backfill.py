@@ -215,7 +215,7 @@ class WindowOutcome(BaseModel):
     window_end: date
     environment: dict[str, str]
     result: str
-    """`planned` (dry run), `skipped`, a :class:`WindowStatus` value, or `error` (a bug)."""
+    """`planned`, `skipped`, `dispatched` (scale-out), a :class:`WindowStatus`, or `error`."""
     engine_id: str | None = None
     error: str | None = None
     reason: str | None = None
@@ -226,6 +226,7 @@ class WindowOutcome(BaseModel):
         return self.result not in (
             "planned",
             "skipped",
+            "dispatched",
             WindowStatus.STARTED,
             WindowStatus.SUCCEEDED,
         )

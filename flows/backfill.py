@@ -29,6 +29,8 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cml_tasks.backfill import (
+    KEY_PREFIX,
+    Action,
     BackfillPlan,
     BackfillReport,
     PlannedWindow,
@@ -148,6 +150,90 @@ def _run_in_process(
         collect(future)
 
 
+def _dispatch(
+    plan: BackfillPlan,
+    *,
+    deployment: str,
+    reprocess: Reprocess,
+    parameters: dict[str, Any],
+    on_done: Callable[[WindowOutcome], None],
+) -> None:
+    """One flow run of `deployment` per window, created with an idempotency key per window.
+
+    The key is the window's record key (`:2`, `:3`... for deliberate re-runs), so the Prefect
+    server itself refuses to create a second run for a window, even from two backfills at
+    once. Previous runs of a window are found by its tag and decide as the records do.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas import FlowRun
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterTags,
+    )
+    from prefect.deployments import run_deployment
+
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+        for planned in plan.windows:
+            tag = f"cml-window:{planned.key.removeprefix(KEY_PREFIX)[:16]}"
+            previous = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])),
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            )
+            action, reason = decide_dispatch(previous, reprocess)
+            if action is Action.START:
+                attempt = len(previous) + 1
+                run: FlowRun = run_deployment(  # type: ignore[assignment]
+                    name=deployment,
+                    parameters={
+                        **parameters,
+                        "window_start": planned.window.start,
+                        "window_end": planned.window.last_day,
+                    },
+                    idempotency_key=planned.key if attempt == 1 else f"{planned.key}:{attempt}",
+                    flow_run_name=f"{plan.job.slug} {planned.label}",
+                    tags=["cml-backfill", tag],
+                    timeout=0,
+                )
+                result, reason = "dispatched", f"flow run {run.name} ({run.id}): {reason}"
+            elif action is Action.UNKNOWN:
+                result = WindowStatus.OUTCOME_UNKNOWN
+            else:
+                result = "skipped"
+            window = planned.window
+            on_done(
+                WindowOutcome(
+                    window=planned.label,
+                    window_start=window.start,
+                    window_end=window.end,
+                    environment=planned.environment,
+                    result=result,
+                    reason=reason,
+                    job_url=plan.job.page_url,
+                )
+            )
+
+
+def decide_dispatch(previous: list[Any], reprocess: Reprocess) -> tuple[Action, str]:
+    """Like `decide`, from a window's earlier flow runs (newest state wins)."""
+    if reprocess is Reprocess.ALL:
+        return Action.START, "reprocess=all"
+    if not previous:
+        if reprocess is Reprocess.FAILED:
+            return Action.SKIP, "never dispatched (reprocess=failed only re-runs failures)"
+        return Action.START, "not dispatched yet"
+    last = max(previous, key=lambda run: run.created)
+    state = last.state
+    if state is None or not (state.is_failed() or state.is_crashed()):
+        kind = state.type.value.lower() if state is not None else "unknown"
+        return Action.SKIP, f"already dispatched: flow run {last.name} is {kind}"
+    if "CMLOutcomeUnknown" in (state.message or ""):
+        return Action.UNKNOWN, f"flow run {last.name}: the start's outcome is unknown"
+    return Action.START, f"flow run {last.name} failed: {state.message}"
+
+
 @flow(
     name="cml-backfill",
     flow_run_name=_flow_run_name,
@@ -174,7 +260,7 @@ def cml_backfill(
     credentials_block: str | None = None,
     project_limit: int = DEFAULT_PROJECT_LIMIT,
     scale_out: bool = False,
-    deployment: str = "cml-window-run/risk-analysis-monthly",
+    deployment: str = "cml-window-run/monthly",
 ) -> BackfillReport:
     """Start a CML job once per window of `[start, end]`; skip windows already started.
 
@@ -253,14 +339,34 @@ def cml_backfill(
             for observer in _observers:
                 observer(outcome, len(outcomes), total)
 
-        _run_in_process(
-            plan,
-            max_concurrency=max_concurrency,
-            reprocess=mode,
-            settings=settings,
-            project_limit=project_limit,
-            on_done=on_done,
-        )
+        if scale_out:
+            _dispatch(
+                plan,
+                deployment=deployment,
+                reprocess=mode,
+                parameters={
+                    "job": plan.job.page_url,
+                    "every": every,
+                    "timezone": timezone,
+                    "week_start": week_start,
+                    "start_var": start_var,
+                    "end_var": end_var,
+                    "date_format": date_format,
+                    "inclusive_end": inclusive_end,
+                    "extra_environment": extra_environment,
+                    "credentials_block": credentials_block,
+                },
+                on_done=on_done,
+            )
+        else:
+            _run_in_process(
+                plan,
+                max_concurrency=max_concurrency,
+                reprocess=mode,
+                settings=settings,
+                project_limit=project_limit,
+                on_done=on_done,
+            )
 
     report = BackfillReport(
         job_url=plan.job.page_url,
@@ -278,30 +384,3 @@ def cml_backfill(
             f"{len(report.failures)} of {total} windows failed:\n{report.failure_text()}"
         )
     return report
-
-
-def _window_parameters(
-    job: str,
-    every: str,
-    timezone: str,
-    week_start: str,
-    start_var: str,
-    end_var: str,
-    date_format: str,
-    inclusive_end: bool,
-    extra_environment: dict[str, str] | None,
-    credentials_block: str | None,
-) -> dict[str, Any]:
-    """The `cml-window-run` parameters shared by every window (the window is added per run)."""
-    return {
-        "job": job,
-        "every": every,
-        "timezone": timezone,
-        "week_start": week_start,
-        "start_var": start_var,
-        "end_var": end_var,
-        "date_format": date_format,
-        "inclusive_end": inclusive_end,
-        "extra_environment": extra_environment,
-        "credentials_block": credentials_block,
-    }
