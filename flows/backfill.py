@@ -122,7 +122,7 @@ def _run_in_process(
     on_done: Callable[[WindowOutcome], None],
 ) -> None:
     """Submit one task per window, never more than `max_concurrency` unfinished at once."""
-    limit_name = ensure_project_limit(plan.job, project_limit)
+    limit_name = ensure_project_limit(plan.job, project_limit) if project_limit > 0 else None
     by_future: dict[PrefectFuture[WindowOutcome], PlannedWindow] = {}
 
     def collect(future: PrefectFuture[WindowOutcome]) -> None:
@@ -278,7 +278,8 @@ def cml_backfill(
         follow: Follow each run to completion (needs API v2 waiting; not available yet).
         credentials_block: Name of a saved CMLCredentials block; default: `CML_*` variables.
         project_limit: Size of the project's global concurrency limit
-            (`cml-project:<user>:<project>`) if this backfill has to create it.
+            (`cml-project:<user>:<project>`) if this backfill has to create it; 0 uses no
+            project limit (only `max_concurrency` bounds this backfill).
         scale_out: Dispatch one flow run of `deployment` per window instead of tasks here.
         deployment: `flow-name/deployment-name` of a `cml-window-run` deployment (scale-out).
     """
