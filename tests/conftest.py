@@ -122,3 +122,18 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         yield server
     finally:
         stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def process_pool(prefect_server: PrefectServer) -> str:
+    """The README's work pool, created once with the README's command for every test using it."""
+    name = "cml-process"
+    created = subprocess.run(
+        [PREFECT, "work-pool", "create", name, "--type", "process"],
+        env=prefect_server.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    return name

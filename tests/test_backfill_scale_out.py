@@ -49,6 +49,7 @@ def _wait_for_runs(cml: Emulator, count: int, log: Path) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.usefixtures("process_pool")
 def test_scale_out_dispatches_each_window_once(
     prefect_server: PrefectServer, cml: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -56,13 +57,6 @@ def test_scale_out_dispatches_each_window_once(
     url = cml.job_url("alice", "risk-analysis", "208")
     env = prefect_server.env(
         CML_API_KEY=DEFAULT_V1_KEY, CML_JOB_URL=url, PREFECT_WORKER_QUERY_SECONDS="1"
-    )
-    subprocess.run(  # may exist already: other tests use the same pool
-        [PREFECT, "work-pool", "create", "cml-process", "--type", "process"],
-        cwd=REPOSITORY,
-        env=env,
-        capture_output=True,
-        timeout=120,
     )
     deploy = subprocess.run(
         [PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", *MONTHLY],

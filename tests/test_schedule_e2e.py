@@ -25,7 +25,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = ZoneInfo("UTC")
 # The README's commands, as documented (deploying only `monthly`: `weekly` is served below).
-CREATE_POOL = [PREFECT, "work-pool", "create", "cml-process", "--type", "process"]
+# The README's `prefect work-pool create` is run once per session by the `process_pool` fixture.
 DEPLOY_MONTHLY = [PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml"]
 DEPLOY_MONTHLY += ["--name", "monthly"]
 WORKER = [PREFECT, "worker", "start", "--pool", "cml-process"]
@@ -81,19 +81,16 @@ def _environments_since(cml: Emulator, before: int) -> list[dict[str, str]]:
     return sorted((run["environment"] for run in cml.runs()[before:]), key=str)
 
 
+@pytest.mark.usefixtures("process_pool")
 def test_worker_runs_the_monthly_deployment_for_its_scheduled_windows(
     prefect_server: PrefectServer, cml: Emulator, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
 
     env = _env(prefect_server, cml, PREFECT_WORKER_QUERY_SECONDS="1")
-    create_pool, deploy = (
-        subprocess.run(
-            command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=120
-        )
-        for command in (CREATE_POOL, DEPLOY_MONTHLY)
+    deploy = subprocess.run(
+        DEPLOY_MONTHLY, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=120
     )
-    assert create_pool.returncode == 0, create_pool.stdout + create_pool.stderr
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
 
     with prefect_server.as_current_api(), get_client(sync_client=True) as client:
@@ -170,7 +167,7 @@ def test_serve_runs_the_weekly_deployment(
 
 def test_the_readme_documents_these_commands() -> None:
     readme = (REPOSITORY / "README.md").read_text()
-    assert "prefect " + " ".join(CREATE_POOL[1:]) in readme
+    assert "prefect work-pool create cml-process --type process" in readme  # `process_pool`
     assert "prefect " + " ".join(DEPLOY_MONTHLY[2:5]) + " --all" in readme
     assert "prefect " + " ".join(WORKER[1:]) in readme
     assert "python deployments/serve.py" in readme
