@@ -114,3 +114,62 @@ def test_demo() -> None:
     assert result.returncode == 0, result.stderr
     assert re.search(r"engine id [a-z0-9]{16}", result.stdout)
     assert "START_DATE=2017-01-01 END_DATE=2017-01-31" in result.stdout
+
+
+def test_emulator_config_file(tmp_path: Path) -> None:
+    """`cml-jobs emulator --config FILE` serves the file's users; a bad file is exit code 2."""
+    import socket
+    import time
+
+    import httpx
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('time_scale = "fast"\n')
+    result = run("emulator", "--config", str(bad), key=None)
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert "time_scale" in result.stderr
+
+    seed = tmp_path / "seed.toml"
+    seed.write_text(
+        """
+[[users]]
+username = "carol"
+name = "Carol"
+email = "carol@example.com"
+v1_key = "carolv1key0000000000000000000000"
+v2_key = "carolv2key0000000000000000000000"
+
+[[projects]]
+id = "aaaa-bbbb-cccc-dddd"
+owner = "carol"
+name = "pricing"
+
+[[projects.jobs]]
+id = "7"
+name = "Price book"
+"""
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [CML_JOBS, "emulator", "--port", str(port), "--config", str(seed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/carol/pricing/jobs/7"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/_emulator/runs")
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "emulator did not come up"
+                time.sleep(0.1)
+        result = run("start", url, "--json", key="carolv1key0000000000000000000000")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["job"]["username"] == "carol"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
