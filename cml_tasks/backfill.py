@@ -92,7 +92,14 @@ class WindowRecord(BaseModel):
     environment: dict[str, str]
     status: WindowStatus
     engine_id: str | None = None
+    """The run's id (v1 engine id = API v2 run id)."""
     error: str | None = None
+    attempted_at: datetime | None = None
+    """Our clock just before the start call: CML is asked for runs created since then."""
+    run_status: str | None = None
+    """The CML status a followed run ended with (`succeeded`, `failed`...)."""
+    run_url: str | None = None
+    """The run's page URL, once known."""
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -182,7 +189,8 @@ def decide(record: WindowRecord | None, reprocess: Reprocess) -> tuple[Action, s
     """Whether to start a window given its record, and why (shown in the UI and the report).
 
     A start that may have happened (`starting` left by a killed process, `outcome_unknown`) is
-    never started again blindly: only `reprocess="all"`, a deliberate choice, re-runs it.
+    never started again blindly: `UNKNOWN` means "ask CML first" (API v2: adopt the run if it
+    exists, else start), and only `reprocess="all"`, a deliberate choice, re-runs it unasked.
     """
     if reprocess is Reprocess.ALL:
         return Action.START, "reprocess=all"
@@ -220,6 +228,10 @@ class WindowOutcome(BaseModel):
     error: str | None = None
     reason: str | None = None
     job_url: str
+    run_status: str | None = None
+    """Followed runs: the CML status the run ended with."""
+    run_url: str | None = None
+    """The run's page URL when a run is known (else see `job_url`)."""
 
     @property
     def failed(self) -> bool:

@@ -89,13 +89,18 @@ def print_report(report: BackfillReport, *, as_json: bool) -> None:
         typer.echo(json.dumps(payload))
         return
     table = Table(title=f"Backfill of {report.job_url}", title_justify="left")
-    for column in ("window", "environment", "result", "engine id / error"):
+    followed = any(o.run_status for o in report.outcomes)
+    columns = ["window", "environment", "result", "engine id / error"]
+    for column in columns + (["CML status", "run page"] if followed else []):
         table.add_column(column, overflow="fold")
     for o in report.outcomes:
         env = " ".join(f"{k}={v}" for k, v in o.environment.items())
         style = "red" if o.failed else None
-        detail = o.engine_id or o.error or o.reason or ""
-        table.add_row(o.window, env, o.result.replace("_", " "), detail, style=style)
+        detail = o.error or o.engine_id or o.reason or ""
+        row = [o.window, env, o.result.replace("_", " "), detail]
+        if followed:
+            row += [o.run_status or "", o.run_url or ""]
+        table.add_row(*row, style=style)
     console = Console()
     console.print(table)
     console.print(report.summary())

@@ -374,12 +374,26 @@ def backfill(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List windows and environments; start nothing.")
     ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="Start through API v2 (CML_API_V2_KEY) and follow each run to its end; "
+            "--max-concurrency then bounds active runs.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        str | None,
+        typer.Option(help="With --follow: stop a run still going after this long (e.g. 2h)."),
+    ] = None,
+    poll: Annotated[str, typer.Option(help="With --follow: time between polls.")] = "30s",
     as_json: JsonOption = False,
 ) -> None:
     """Start a job once for every window of a date range; skips windows already started.
 
     Re-running the same command resumes: each window is started at most once. Exit code 1
-    when a window failed, 7 when a start's outcome is unknown (check CML before re-running).
+    when a window (or, with --follow, its run) failed, 7 when a start's outcome is unknown
+    (check CML before re-running; with CML_API_V2_KEY set the backfill asks CML itself).
     """
     from cml_tasks import backfill_cli
     from cml_tasks.environment import parse_assignments
@@ -398,6 +412,13 @@ def backfill(
             "extra_environment": parse_assignments(extra or []) or None,
             "order": "newest" if newest_first else "oldest",
         }
+        follow_options: dict[str, Any] = {}
+        if follow:
+            follow_options = {
+                "follow": True,
+                "poll_interval": parse_duration(poll),
+                "max_wait": parse_duration(timeout) if timeout else None,
+            }
         if dry_run:
             backfill_cli.print_report(
                 backfill_cli.dry_run(job, start, end, options), as_json=as_json
@@ -405,7 +426,10 @@ def backfill(
             return
     except CMLError as error:
         fail(error, as_json=as_json)
-    options |= {"max_concurrency": max_concurrency, "reprocess": reprocess}
+    except ValueError as error:  # a duration
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    options |= {"max_concurrency": max_concurrency, "reprocess": reprocess, **follow_options}
     report, problem = backfill_cli.run(job, start, end, options, show_progress=not as_json)
     if isinstance(problem, CMLError) and backfill_cli.is_input_error(problem):
         fail(problem, as_json=as_json)

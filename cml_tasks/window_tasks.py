@@ -8,7 +8,13 @@ The record of each window is a Prefect result record (`ResultStore`, JSON) under
 two backfills on one machine never both start a window.
 
 A "starting" record is written *before* the start call: if the process dies mid-call, the next
-backfill sees that the outcome is unknown and reports it instead of starting the window again.
+backfill sees that the outcome is unknown. With an API v2 key it asks CML (a run of the job with
+exactly this environment created since the attempt): it adopts that run, or starts the window
+if there is none. Without one it reports the window and never starts it again blindly.
+
+With `follow=True` a window starts through API v2 (`reconcile.start_run`), then holds its slot
+of the project's global concurrency limit until the CML run ends (one `RunPoller` per process
+shares the polls of every followed run), and records `succeeded` or `run_failed`.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +52,34 @@ from cml_tasks.backfill import (
     project_limit_name,
 )
 from cml_tasks.blocks import CMLCredentials
-from cml_tasks.errors import CMLConfigError, CMLError, CMLOutcomeUnknown
+from cml_tasks.client import CMLClient
+from cml_tasks.errors import (
+    CMLError,
+    CMLOutcomeUnknown,
+    CMLRunError,
+    CMLWaitCancelled,
+    CMLWaitTimeout,
+)
+from cml_tasks.events import emit_run_event
 from cml_tasks.job import JobRef
+from cml_tasks.models import JobRun, RunStatus
+from cml_tasks.reconcile import find_started_run, start_run
 from cml_tasks.settings import CMLSettings
-from cml_tasks.tasks import resolve_settings, shared_client
+from cml_tasks.tasks import flow_run_cancelling, resolve_settings, shared_client
+from cml_tasks.waiting import RunPoller, raise_for_status
 
 DEFAULT_PROJECT_LIMIT = 4
 """Size of a project's global concurrency limit when a backfill creates it."""
 LOCK_HOLD_SECONDS = 600.0
 """A lock left by a vanished holder on another machine frees itself after this long."""
 SLOT_LEASE_SECONDS = 60.0
-"""Prefect's minimum lease: a killed process's concurrency slots come back after a minute."""
+"""Prefect's minimum lease: a killed process's concurrency slots come back after a minute.
+Prefect renews the lease in the background while a slot is held (e.g. while following)."""
+SETTLE_SECONDS = 2.0
+"""After an unknown start, wait this long (since the attempt) before asking CML about it."""
+UNDATED_UNKNOWN_MARGIN = timedelta(minutes=10)
+"""An `outcome_unknown` record without `attempted_at` (older versions) was written after the
+call: look this far before it for the run."""
 
 
 class _WindowLocks(FileSystemLockManager):
@@ -187,6 +211,42 @@ def _outcome(
     )
 
 
+@functools.lru_cache(maxsize=8)
+def window_poller(settings: CMLSettings, poll_interval: float) -> RunPoller:
+    """One poller per process (per settings and interval): every followed window of every
+    backfill here shares its polls (one list request per job per round)."""
+    return RunPoller(shared_client(settings), poll_interval=poll_interval)
+
+
+def can_reconcile(settings: CMLSettings) -> bool:
+    """Whether "outcome unknown" starts can be resolved by asking CML (needs the v2 key)."""
+    return settings.api_v2_key is not None
+
+
+class _Window:
+    """One window's record operations, for a caller that holds the window's lock."""
+
+    def __init__(self, store: ResultStore, job: JobRef, planned: PlannedWindow) -> None:
+        self.store, self.job, self.planned = store, job, planned
+
+    def write(self, holder: str, status: WindowStatus, **fields: Any) -> WindowRecord:
+        record = WindowRecord(
+            key=self.planned.key,
+            job_url=self.job.page_url,
+            window_start=self.planned.window.start,
+            window_end=self.planned.window.end,
+            environment=self.planned.environment,
+            status=status,
+            **fields,
+        )
+        _write(self.store, record, holder)
+        return record
+
+    def write_locked(self, status: WindowStatus, **fields: Any) -> WindowRecord:
+        with _locked(self.store, self.planned.key) as holder:
+            return self.write(holder, status, **fields)
+
+
 # Prefect's protocol for name callbacks has a classmethod no plain function has.
 @task(name="cml-backfill-window", task_run_name=_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]
 def backfill_window(
@@ -195,83 +255,256 @@ def backfill_window(
     reprocess: Reprocess = Reprocess.MISSING,
     credentials: CMLCredentials | CMLSettings | None = None,
     project_limit: str | None = None,
+    follow: bool = False,
+    poll_interval: float = 30.0,
+    max_wait: float | None = None,
 ) -> WindowOutcome:
     """Start the job for one window unless its record says not to; record what happened.
 
     Raises the start's `CMLError` when it failed (recorded `start_failed`, retried by the next
-    `missing` backfill) and `CMLOutcomeUnknown` when a run may exist (never retried blindly).
-    `project_limit` names a global concurrency limit held while the start is in flight.
+    `missing` backfill) and `CMLOutcomeUnknown` when a run may exist and CML cannot be asked
+    (no API v2 key, or v2 unreachable): never retried blindly. A `starting`/`outcome_unknown`
+    record is resolved through API v2 when the v2 key is set: the run found is adopted, or
+    the window started if there is none.
+
+    `project_limit` names a global concurrency limit held while the start is in flight and,
+    with `follow=True`, until the CML run ends. Followed windows end `succeeded` (returned) or
+    `run_failed` (recorded, and the run's `CMLRunError`/`CMLWaitTimeout` raised).
     """
     logger = get_run_logger()
+    settings = resolve_settings(credentials)
     store = record_store()
     key = planned.key
     begun = datetime.now(UTC)
     with _locked(store, key) as holder:
-        action, reason = decide(read_record(store, key, holder), reprocess)
-    if action is Action.START:
-        with _slot(project_limit), _locked(store, key) as holder:
+        record = read_record(store, key, holder)
+        action, reason = decide(record, reprocess)
+    if action is Action.UNKNOWN and not can_reconcile(settings):
+        raise CMLOutcomeUnknown(
+            f"{planned.label}: not started, {reason} (or set CML_API_V2_KEY: the backfill then "
+            "asks CML itself)",
+            job_url=job.page_url,
+        )
+    resume = follow and action is Action.SKIP and _followable(record)
+    if action is Action.SKIP and not resume:
+        logger.info("Skipping %s: %s", planned.label, reason)
+        return _outcome(job, planned, "skipped", reason=reason)
+
+    window = _Window(store, job, planned)
+    with _slot(project_limit):
+        run: JobRun | None = None
+        with _locked(store, key) as holder:
             record = read_record(store, key, holder)
             action, reason = decide(record, reprocess)
-            if record is not None and record.updated_at >= begun:
+            if resume:
+                if record is None or not _followable(record):
+                    action, reason = Action.SKIP, f"already {record.status if record else '?'}"
+            elif record is not None and record.updated_at >= begun:
                 action, reason = Action.SKIP, f"started meanwhile by another backfill: {reason}"
-            if action is Action.START:
-                return _start(store, holder, job, planned, credentials, reason)
-    if action is Action.UNKNOWN:
-        raise CMLOutcomeUnknown(f"{planned.label}: not started, {reason}", job_url=job.page_url)
-    logger.info("Skipping %s: %s", planned.label, reason)
-    return _outcome(job, planned, "skipped", reason=reason)
+            if action is Action.SKIP and not resume:
+                logger.info("Skipping %s: %s", planned.label, reason)
+                return _outcome(job, planned, "skipped", reason=reason)
+            client = shared_client(settings)
+            if resume:
+                assert record is not None and record.engine_id is not None
+                run = client.get_run(job, record.engine_id)
+                logger.info("Following %s's run %s again: %s", planned.label, run.id, reason)
+            else:
+                if action is Action.UNKNOWN:
+                    assert record is not None
+                    found = _reconcile(client, job, planned, record)
+                    if found is not None:
+                        logger.warning(
+                            "%s: %s; CML has run %s with exactly this environment: adopting it",
+                            planned.label,
+                            reason,
+                            found.id,
+                        )
+                        window.write(
+                            holder,
+                            WindowStatus.STARTED,
+                            engine_id=found.id,
+                            attempted_at=record.attempted_at,
+                            run_url=found.page_url,
+                        )
+                        if not follow:
+                            return _outcome(
+                                job,
+                                planned,
+                                WindowStatus.STARTED,
+                                engine_id=found.id,
+                                run_url=found.page_url,
+                                reason=f"adopted run {found.id}: {reason}",
+                            )
+                        run = found
+                    else:
+                        reason = f"CML has no run of it: starting it safely ({reason})"
+                if run is None:
+                    started = _start(window, holder, client, settings, follow, reason)
+                    if not isinstance(started, JobRun):
+                        return started
+                    run = started
+        assert run is not None
+        return _follow(window, run, settings, poll_interval, max_wait)
+
+
+def _followable(record: WindowRecord | None) -> bool:
+    """A window recorded `started` with a run id: a rerun with follow follows it to the end."""
+    return (
+        record is not None
+        and record.status is WindowStatus.STARTED
+        and record.engine_id is not None
+    )
+
+
+def _reconcile(
+    client: CMLClient, job: JobRef, planned: PlannedWindow, record: WindowRecord
+) -> JobRun | None:
+    """The run a `starting`/`outcome_unknown` attempt created, if CML has one (API v2)."""
+    since = record.attempted_at
+    if since is None:
+        since = record.updated_at
+        if record.status is WindowStatus.OUTCOME_UNKNOWN:
+            since -= UNDATED_UNKNOWN_MARGIN
+    # A start in flight when its process died may still be landing: give it a moment.
+    pause = SETTLE_SECONDS - (datetime.now(UTC) - since).total_seconds()
+    if pause > 0:
+        time.sleep(pause)
+    try:
+        return find_started_run(client, job, planned.environment, since)
+    except CMLError as error:
+        raise CMLOutcomeUnknown(
+            f"{planned.label}: a previous start's outcome is unknown and CML could not be "
+            f"asked about it: {error}",
+            job_url=job.page_url,
+        ) from error
 
 
 def _start(
-    store: ResultStore,
+    window: _Window,
     holder: str,
-    job: JobRef,
-    planned: PlannedWindow,
-    credentials: CMLCredentials | CMLSettings | None,
+    client: CMLClient,
+    settings: CMLSettings,
+    follow: bool,
     reason: str,
-) -> WindowOutcome:
-    """Record the intent, start, record the result: the caller holds the window's lock."""
+) -> WindowOutcome | JobRun:
+    """Record the intent, start, record the result: the caller holds the window's lock.
+
+    Followed: through API v2 with reconciliation, returning the `JobRun` to follow. Else the
+    v1 call; its unknown outcome is reconciled through v2 when the v2 key is set.
+    """
     logger = get_run_logger()
-
-    def record(status: WindowStatus, **fields: str | None) -> None:
-        _write(
-            store,
-            WindowRecord(
-                key=planned.key,
-                job_url=job.page_url,
-                window_start=planned.window.start,
-                window_end=planned.window.end,
-                environment=planned.environment,
-                status=status,
-                **fields,
-            ),
-            holder,
-        )
-
-    record(WindowStatus.STARTING)
+    job, planned = window.job, window.planned
+    attempted_at = datetime.now(UTC)
+    window.write(holder, WindowStatus.STARTING, attempted_at=attempted_at)
     try:
-        run = shared_client(resolve_settings(credentials)).start(job, planned.environment)
+        if follow:
+            run: JobRun | None = start_run(client, job, planned.environment)
+            run_id = run.id if run else ""
+        else:
+            run, run_id = None, _start_v1(client, settings, job, planned, attempted_at)
     except CMLOutcomeUnknown as error:
-        record(WindowStatus.OUTCOME_UNKNOWN, error=str(error))
+        window.write(
+            holder, WindowStatus.OUTCOME_UNKNOWN, error=str(error), attempted_at=attempted_at
+        )
         raise
     except CMLError as error:
-        record(WindowStatus.START_FAILED, error=str(error))
+        window.write(holder, WindowStatus.START_FAILED, error=str(error), attempted_at=attempted_at)
         raise
-    record(WindowStatus.STARTED, engine_id=run.engine_id)
+    run_url = f"{job.page_url}/runs/{run_id}"
+    window.write(
+        holder, WindowStatus.STARTED, engine_id=run_id, attempted_at=attempted_at, run_url=run_url
+    )
     logger.info(
-        "Started %s for %s (%s): engine %s, job page %s",
-        job.slug,
-        planned.label,
-        reason,
-        run.engine_id,
-        run.job_url,
+        "Started %s for %s (%s): run %s, %s", job.slug, planned.label, reason, run_id, run_url
     )
-    return _outcome(job, planned, WindowStatus.STARTED, engine_id=run.engine_id)
+    if run is not None:
+        emit_run_event(run)
+        return run
+    return _outcome(job, planned, WindowStatus.STARTED, engine_id=run_id, run_url=run_url)
 
 
-def check_follow_available() -> None:
-    """Following runs to completion needs API v2 waiting (`cml_tasks.waiting`)."""
-    raise CMLConfigError(
-        "follow=True needs follow-to-completion (API v2, cml_tasks.waiting), which this "
-        "version does not have yet: run the backfill without follow"
-    )
+def _start_v1(
+    client: CMLClient,
+    settings: CMLSettings,
+    job: JobRef,
+    planned: PlannedWindow,
+    attempted_at: datetime,
+    attempts: int = 3,
+) -> str:
+    """The v1 start call; an unknown outcome is resolved through v2 when the key is set:
+    the run it created is adopted, or, if CML has none, starting again is safe."""
+    requested_at = attempted_at
+    for attempt in range(1, attempts + 1):
+        try:
+            return client.start(job, planned.environment).engine_id
+        except CMLOutcomeUnknown as unknown:
+            if not can_reconcile(settings):
+                raise
+            time.sleep(SETTLE_SECONDS)
+            try:
+                found = find_started_run(client, job, planned.environment, requested_at)
+            except CMLError as error:
+                raise unknown from error
+            if found is not None:
+                get_run_logger().warning(
+                    "%s: the start's answer was lost, but CML created run %s: adopting it",
+                    planned.label,
+                    found.id,
+                )
+                return found.id
+            if attempt == attempts:
+                raise
+            get_run_logger().warning(
+                "%s: CML did not create the run (%s); starting again, safely",
+                planned.label,
+                unknown,
+            )
+            requested_at = datetime.now(UTC)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _log_change(run: JobRun) -> None:
+    get_run_logger().info("CML run %s is %s: %s", run.id, run.status.short, run.page_url)
+
+
+def _follow(
+    window: _Window,
+    run: JobRun,
+    settings: CMLSettings,
+    poll_interval: float,
+    max_wait: float | None,
+) -> WindowOutcome:
+    """Wait (holding the caller's slot) for the run to end; record and return/raise its end.
+
+    A transient poll failure never fails the window; cancelling the flow run, an interrupt
+    or `max_wait` stop the CML run. Only a definite end is recorded: a poll error that is not
+    transient leaves the record `started` (a rerun with follow picks the run up again).
+    """
+    job, planned = window.job, window.planned
+    fields: dict[str, Any] = {"engine_id": run.id, "run_url": run.page_url}
+    try:
+        done = window_poller(settings, poll_interval).wait(
+            run, max_wait=max_wait, on_change=_log_change, should_cancel=flow_run_cancelling
+        )
+    except CMLWaitTimeout as error:
+        window.write_locked(
+            WindowStatus.RUN_FAILED, error=str(error), run_status=error.run.status.short, **fields
+        )
+        raise
+    except CMLWaitCancelled as error:
+        window.write_locked(
+            WindowStatus.RUN_FAILED, error=str(error), run_status="stopped", **fields
+        )
+        raise
+    emit_run_event(done)
+    status = done.status.short
+    if done.status is RunStatus.SUCCEEDED:
+        window.write_locked(WindowStatus.SUCCEEDED, run_status=status, **fields)
+        return _outcome(job, planned, WindowStatus.SUCCEEDED, run_status=status, **fields)
+    try:
+        raise_for_status(done)
+    except CMLRunError as error:
+        window.write_locked(WindowStatus.RUN_FAILED, error=str(error), run_status=status, **fields)
+        raise
+    raise AssertionError(f"not a terminal status: {done.status}")  # pragma: no cover

@@ -39,14 +39,21 @@ from cml_tasks.backfill import (
     WindowStatus,
     plan_backfill,
 )
-from cml_tasks.errors import CMLError, CMLInputError, CMLOutcomeUnknown
+from cml_tasks.errors import (
+    CMLError,
+    CMLInputError,
+    CMLOutcomeUnknown,
+    CMLRunError,
+    CMLWaitCancelled,
+    CMLWaitTimeout,
+)
 from cml_tasks.job import JobRef
 from cml_tasks.settings import CMLSettings
 from cml_tasks.tasks import job_slug, resolve_settings
 from cml_tasks.window_tasks import (
     DEFAULT_PROJECT_LIMIT,
     backfill_window,
-    check_follow_available,
+    can_reconcile,
     ensure_project_limit,
 )
 from flows.window_run import _load_credentials
@@ -80,8 +87,9 @@ def _table(report: BackfillReport) -> list[dict[str, str]]:
             "window": o.window,
             "environment": " ".join(f"{k}={v}" for k, v in o.environment.items()),
             "result": o.result,
-            "engine id or error": o.engine_id or o.error or o.reason or "",
-            "CML": o.job_url,
+            "CML status": o.run_status or "",
+            "run id or error": o.error or o.engine_id or o.reason or "",
+            "CML": o.run_url or o.job_url,
         }
         for o in report.outcomes
     ]
@@ -89,8 +97,11 @@ def _table(report: BackfillReport) -> list[dict[str, str]]:
 
 def _failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -> WindowOutcome:
     result: str = "error"
+    run = getattr(error, "run", None)
     if isinstance(error, CMLOutcomeUnknown):
         result = WindowStatus.OUTCOME_UNKNOWN
+    elif isinstance(error, (CMLRunError, CMLWaitTimeout, CMLWaitCancelled)):
+        result = WindowStatus.RUN_FAILED
     elif isinstance(error, CMLError):
         result = WindowStatus.START_FAILED
     window = planned.window
@@ -102,6 +113,9 @@ def _failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -
         result=result,
         error=f"{type(error).__name__}: {error}",
         job_url=job.page_url,
+        engine_id=run.id if run is not None else None,
+        run_status=run.status.short if run is not None else None,
+        run_url=run.page_url if run is not None else None,
     )
 
 
@@ -119,9 +133,16 @@ def _run_in_process(
     reprocess: Reprocess,
     settings: CMLSettings,
     project_limit: int,
+    follow: bool,
+    poll_interval: float,
+    max_wait: float | None,
     on_done: Callable[[WindowOutcome], None],
 ) -> None:
-    """Submit one task per window, never more than `max_concurrency` unfinished at once."""
+    """Submit one task per window, never more than `max_concurrency` unfinished at once.
+
+    Followed, a task ends with its CML run, so `max_concurrency` (and the project limit)
+    bound active CML runs, not just start calls.
+    """
     limit_name = ensure_project_limit(plan.job, project_limit) if project_limit > 0 else None
     by_future: dict[PrefectFuture[WindowOutcome], PlannedWindow] = {}
 
@@ -144,6 +165,9 @@ def _run_in_process(
             reprocess=reprocess,
             credentials=settings,
             project_limit=limit_name,
+            follow=follow,
+            poll_interval=poll_interval,
+            max_wait=max_wait,
         )
         by_future[future] = planned
     for future in as_completed(list(by_future)):
@@ -257,6 +281,8 @@ def cml_backfill(
     reprocess: str = "missing",
     dry_run: bool = False,
     follow: bool = False,
+    poll_interval: float = 30.0,
+    max_wait: float | None = None,
     credentials_block: str | None = None,
     project_limit: int = DEFAULT_PROJECT_LIMIT,
     scale_out: bool = False,
@@ -270,12 +296,17 @@ def cml_backfill(
         end: Last day of the range, inclusive.
         every, timezone, week_start, start_var, end_var, date_format, inclusive_end,
             extra_environment: Cadence and rendering, as in the `cml-window-run` flow.
-        max_concurrency: At most this many start calls of this backfill in flight (1..64).
+        max_concurrency: At most this many start calls of this backfill in flight (1..64);
+            with `follow`, at most this many of its CML runs active.
         order: "oldest" or "newest" first.
         reprocess: "missing" (default: windows not started, or whose start failed),
-            "failed" (only windows whose start failed), "all" (every window again).
+            "failed" (only windows whose start or followed run failed), "all" (every window
+            again).
         dry_run: List the windows and their environment; start nothing.
-        follow: Follow each run to completion (needs API v2 waiting; not available yet).
+        follow: Start through API v2 (`CML_API_V2_KEY`) and follow each run to its end,
+            holding its concurrency slots meanwhile; windows end `succeeded` or `run_failed`.
+        poll_interval: Seconds between polls when following (shared by all windows).
+        max_wait: With `follow`, stop a run (and fail its window) after this many seconds.
         credentials_block: Name of a saved CMLCredentials block; default: `CML_*` variables.
         project_limit: Size of the project's global concurrency limit
             (`cml-project:<user>:<project>`) if this backfill has to create it; 0 uses no
@@ -292,10 +323,16 @@ def cml_backfill(
         raise CMLInputError(
             f"invalid reprocess {reprocess!r}: use 'missing', 'failed' or 'all'"
         ) from None
-    if follow:
-        check_follow_available()
+    if follow and scale_out:
+        raise CMLInputError(
+            "follow=True runs in-process; with scale_out the window flow runs start them"
+        )
+    if poll_interval <= 0:
+        raise CMLInputError(f"poll_interval must be positive, got {poll_interval}")
     credentials = _load_credentials(credentials_block)
     settings = resolve_settings(credentials)
+    if follow and not dry_run:
+        settings.require("api_v2_key")
     plan = _resolve(
         job,
         settings,
@@ -313,8 +350,18 @@ def cml_backfill(
     )
     total = len(plan.windows)
     logger.info(
-        "Backfill of %s: %d windows (%s), reprocess=%s", plan.job.slug, total, plan.cadence, mode
+        "Backfill of %s: %d windows (%s), reprocess=%s%s",
+        plan.job.slug,
+        total,
+        plan.cadence,
+        mode,
+        ", following runs to completion" if follow else "",
     )
+    if not can_reconcile(settings):
+        logger.info(
+            "No API v2 key (CML_API_V2_KEY): a window whose start's outcome is unknown is "
+            "reported, never started again"
+        )
     outcomes: dict[str, WindowOutcome] = {}
 
     if dry_run:
@@ -366,6 +413,9 @@ def cml_backfill(
                 reprocess=mode,
                 settings=settings,
                 project_limit=project_limit,
+                follow=follow,
+                poll_interval=poll_interval,
+                max_wait=max_wait,
                 on_done=on_done,
             )
 
