@@ -147,6 +147,24 @@ def read_record(store: ResultStore, key: str, holder: str | None = None) -> Wind
     return WindowRecord.model_validate(store.read(key, holder=holder).result)
 
 
+def peek_record(store: ResultStore, key: str) -> WindowRecord | None:
+    """The window's record as stored now, without waiting for its lock (a backfill holds it
+    for the whole start call): for observers. None if absent or being written."""
+    from prefect._internal.result_records import ResultRecord
+
+    read_path = getattr(store.result_storage, "read_path", None)
+    if read_path is None or not store.exists(key):
+        return None
+    try:
+        content = read_path(key)
+        if not isinstance(content, bytes):  # an async storage block
+            return None
+        data: object = ResultRecord.deserialize(content, backup_serializer=store.serializer).result
+        return WindowRecord.model_validate(data)
+    except (OSError, ValueError):
+        return None
+
+
 def _write(store: ResultStore, record: WindowRecord, holder: str) -> None:
     store.write(record.model_dump(mode="json"), key=record.key, holder=holder)
 
@@ -421,7 +439,9 @@ def _start(
     if run is not None:
         emit_run_event(run)
         return run
-    return _outcome(job, planned, WindowStatus.STARTED, engine_id=run_id, run_url=run_url)
+    return _outcome(
+        job, planned, WindowStatus.STARTED, engine_id=run_id, run_url=run_url, reason=reason
+    )
 
 
 def _start_v1(

@@ -1,6 +1,8 @@
 """Resume for real: a backfill process SIGKILLed halfway, then the same backfill again.
 
-Counted from the emulator's record: every window started exactly once, none twice.
+Counted from the emulator's record: every window started exactly once, none twice. Without an
+API v2 key, windows in flight at the kill are reported; with one, the rerun asks CML and adopts
+their runs (or starts them when CML has none).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cml_tasks.backfill import WindowStatus, plan_backfill
-from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator, Fault
+from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator, Fault
 from cml_tasks.job import JobRef
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +33,16 @@ def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
     monkeypatch.setenv("CML_API_KEY", DEFAULT_V1_KEY)
     with Emulator() as cml:
         yield cml
+
+
+@pytest.fixture(autouse=True)
+def _roomy_project_limit(prefect_api: None) -> None:
+    """Slots held by a killed backfill come back only when their lease expires (and only
+    where the server runs its lease service): keep the shared project limit out of the way."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name("cml-project:alice:risk-analysis", 50)
 
 
 def _backfill_process(url: str) -> subprocess.Popen[bytes]:
@@ -51,16 +64,31 @@ def _backfill_process(url: str) -> subprocess.Popen[bytes]:
     )
 
 
+def _statuses(url: str) -> dict[str, WindowStatus | None]:
+    """What each window's record says now (not waiting for a backfill holding its lock)."""
+    from cml_tasks.window_tasks import peek_record, record_store
+
+    plan = plan_backfill(JobRef.parse(url), date(2017, 1, 1), date(2017, 12, 31))
+    store = record_store()
+    return {
+        p.label: r.status if (r := peek_record(store, p.key)) is not None else None
+        for p in plan.windows
+    }
+
+
 @pytest.mark.usefixtures("prefect_api")
-def test_killed_backfill_resumes_each_window_exactly_once(emu: Emulator) -> None:
-    from cml_tasks.window_tasks import read_record, record_store
+@pytest.mark.parametrize("v2_key", [False, True], ids=["v1-only", "with-v2-key"])
+def test_killed_backfill_resumes_each_window_exactly_once(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch, v2_key: bool
+) -> None:
     from flows.backfill import cml_backfill
 
     url = emu.job_url("alice", "risk-analysis", "208")
     emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=LATENCY))
     process = _backfill_process(url)
     deadline = time.monotonic() + 60
-    while len(emu.runs()) < 4:
+    # Kill while starts are in flight: their records say `starting`, their runs land later.
+    while len(emu.runs()) < 4 or WindowStatus.STARTING not in _statuses(url).values():
         assert process.poll() is None, "the backfill ended before it could be killed"
         assert time.monotonic() < deadline, "the backfill never got going"
         time.sleep(0.05)
@@ -72,21 +100,93 @@ def test_killed_backfill_resumes_each_window_exactly_once(emu: Emulator) -> None
     assert set(before.values()) == {1}
 
     emu.clear_faults()
-    plan = plan_backfill(JobRef.parse(url), date(2017, 1, 1), date(2017, 12, 31))
-    store = record_store()
-    interrupted = {
-        p.label
-        for p in plan.windows
-        if (r := read_record(store, p.key)) is not None and r.status is WindowStatus.STARTING
-    }
+    interrupted = {label for label, s in _statuses(url).items() if s is WindowStatus.STARTING}
+    assert interrupted
+    if v2_key:
+        monkeypatch.setenv("CML_API_V2_KEY", DEFAULT_V2_KEY)
     state = cml_backfill(job=url, start=date(2017, 1, 1), end=date(2017, 12, 31), return_state=True)
 
     starts = Counter(run["environment"]["START_DATE"] for run in emu.runs())
     assert starts == Counter({f"2017-{m:02d}-01": 1 for m in range(1, 13)})
-    # Windows whose start was in flight at the kill are reported, not started again.
-    if interrupted:
+    if v2_key:
+        # In flight at the kill: CML has their runs, and the rerun adopted them.
+        assert state.is_completed(), state.message
+        report = state.result()
+        adopted = {o.window for o in report.outcomes if "adopted run" in (o.reason or "")}
+        assert adopted == interrupted
+        assert set(_statuses(url).values()) == {WindowStatus.STARTED}
+        by_window = {o.window: o.engine_id for o in report.outcomes}
+        run_of = {r["environment"]["START_DATE"][:7]: r["id"] for r in emu.runs()}
+        assert all(by_window[label] == run_of[label] for label in interrupted)
+    else:
+        # Without a v2 key they are reported, not started again.
         assert state.is_failed()
         for label in interrupted:
             assert f"{label}: outcome unknown" in str(state.message)
-    else:
-        assert state.is_completed()
+            assert "CML_API_V2_KEY" in str(state.message)
+
+
+@pytest.fixture
+def fast_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cml_tasks import CMLClient, RetryPolicy
+
+    fast = RetryPolicy(wait_initial=0.001, wait_max=0.01)
+    monkeypatch.setattr(
+        "cml_tasks.window_tasks.shared_client", lambda settings: CMLClient(settings, retry=fast)
+    )
+
+
+def _run_backfill(url: str, **options: object) -> Any:
+    from flows.backfill import cml_backfill
+
+    return cml_backfill(
+        job=url,
+        start=date(2017, 1, 1),
+        end=date(2017, 4, 30),
+        max_concurrency=1,
+        project_limit=0,
+        return_state=True,
+        **options,
+    )
+
+
+@pytest.mark.usefixtures("prefect_api", "fast_client")
+def test_lost_answer_is_adopted_with_the_v2_key(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CML_API_V2_KEY", DEFAULT_V2_KEY)
+    url = emu.job_url("alice", "risk-analysis", "208")
+    # The 2nd start is created but its answer lost; the 3rd fails with a 502 before creating
+    # anything (so CML has no run of it: starting again is safe).
+    emu.inject(Fault(endpoint="v1.start", kind="lost_answer", calls=(2,)))
+    emu.inject(Fault(endpoint="v1.start", kind="502", calls=(3,)))
+    state = _run_backfill(url)
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert report.count("started") == 4
+    starts = Counter(run["environment"]["START_DATE"] for run in emu.runs())
+    assert starts == Counter({f"2017-{m:02d}-01": 1 for m in range(1, 5)})
+    assert {o.engine_id for o in report.outcomes} == {r["id"] for r in emu.runs()}
+
+
+@pytest.mark.usefixtures("prefect_api", "fast_client")
+def test_unknown_records_are_resolved_by_a_rerun_with_the_v2_key(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = emu.job_url("alice", "risk-analysis", "208")
+    emu.inject(Fault(endpoint="v1.start", kind="lost_answer", calls=(2,)))
+    emu.inject(Fault(endpoint="v1.start", kind="502", calls=(3,)))
+    first = _run_backfill(url)  # no v2 key: February and March are left "outcome unknown"
+    assert first.is_failed()
+    assert "2017-02: outcome unknown" in str(first.message)
+    assert "2017-03: outcome unknown" in str(first.message)
+    emu.clear_faults()
+
+    monkeypatch.setenv("CML_API_V2_KEY", DEFAULT_V2_KEY)
+    rerun = _run_backfill(url)
+    assert rerun.is_completed(), rerun.message
+    report = {o.window: o for o in rerun.result().outcomes}
+    assert "adopted run" in str(report["2017-02"].reason)  # its answer was lost: it exists
+    assert "CML has no run of it" in str(report["2017-03"].reason)  # the 502: started now
+    starts = Counter(run["environment"]["START_DATE"] for run in emu.runs())
+    assert starts == Counter({f"2017-{m:02d}-01": 1 for m in range(1, 5)})
