@@ -4,6 +4,11 @@ Without an explicit window the flow takes the window from the flow run's SCHEDUL
 (`prefect.runtime.flow_run.scheduled_start_time`), never from the wall clock: a run scheduled
 for 2017-02-01 02:00 Europe/Berlin sends January 2017 even if it starts two days late or is
 retried next week. Every input is checked before any request, so a typo fails the run at once.
+
+The start takes the backfill's per-window path (`cml_tasks.window_tasks.backfill_window`): the
+window's record and lock, and a slot of the project's global concurrency limit. So a scheduled
+run and a backfill of the same window never both start it (the second one starts nothing and
+says so), and together they stay under the project's limit.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
+from cml_tasks.backfill import PlannedWindow, WindowOutcome, window_key
 from cml_tasks.blocks import CMLCredentials
-from cml_tasks.errors import CMLConfigError, CMLInputError
+from cml_tasks.errors import CMLConfigError, CMLError, CMLInputError
 from cml_tasks.job import JobRef
 from cml_tasks.models import StartedRun
-from cml_tasks.tasks import job_slug, start_cml_job
+from cml_tasks.tasks import job_slug, resolve_settings
 from cml_tasks.windows import (
     Cadence,
     Window,
@@ -148,9 +154,16 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _artifact_markdown(plan: WindowPlan, run: StartedRun) -> str:
+def _artifact_markdown(plan: WindowPlan, run: StartedRun, outcome: WindowOutcome) -> str:
     window = plan.window
+    started = outcome.result != "skipped"
     rows = [
+        (
+            "Outcome",
+            f"started ({outcome.reason or 'not started yet'})"
+            if started
+            else f"**nothing started**: {outcome.reason}",
+        ),
         ("Job", f"[{run.job.path}]({run.job_url})"),
         ("Window", f"{window.start.isoformat()} .. {window.last_day.isoformat()} ({window})"),
         ("Cadence", str(plan.cadence)),
@@ -164,7 +177,8 @@ def _artifact_markdown(plan: WindowPlan, run: StartedRun) -> str:
     ]
     lines = [f"### {plan.run_name}", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
-    lines += ["", "Environment sent:", "", "| Variable | Value |", "|---|---|"]
+    sent = "Environment sent:" if started else "Environment the window's run was sent:"
+    lines += ["", sent, "", "| Variable | Value |", "|---|---|"]
     lines += [f"| `{name}` | `{_cell(value)}` |" for name, value in run.environment.items()]
     return "\n".join(lines) + "\n"
 
@@ -235,15 +249,56 @@ def cml_window_run(
             lag,
         )
     credentials = _load_credentials(credentials_block)
-    run = start_cml_job(
-        job=plan.job,
-        environment=plan.environment,
-        credentials=credentials,
-        window=plan.window.label,
-    )
+    run, outcome = _start_window(plan, credentials)
     create_markdown_artifact(
         key=_artifact_key(plan.job),
-        markdown=_artifact_markdown(plan, run),
-        description=f"CML run for {plan.run_name}",
+        markdown=_artifact_markdown(plan, run, outcome),
+        description=f"CML run for {plan.run_name}"
+        + ("" if outcome.result != "skipped" else " (already started: nothing started)"),
     )
     return run
+
+
+def _start_window(
+    plan: WindowPlan, credentials: CMLCredentials | None
+) -> tuple[StartedRun, WindowOutcome]:
+    """Start the window through its record and the project's limit, as a backfill does.
+
+    Returns the window's run - the one started now, or the one a backfill or an earlier run
+    started (nothing is started then) - and what happened.
+    """
+    from cml_tasks.window_tasks import (
+        backfill_window,
+        ensure_project_limit,
+        read_record,
+        record_store,
+    )
+
+    settings = resolve_settings(credentials)
+    job = plan.job.with_host(settings.host)
+    planned = PlannedWindow(
+        window=plan.window, key=window_key(job, plan.window), environment=plan.environment
+    )
+    outcome: WindowOutcome = backfill_window(
+        job=job,
+        planned=planned,
+        credentials=settings,
+        project_limit=ensure_project_limit(job),
+    )
+    if outcome.result == "skipped":
+        get_run_logger().warning(
+            "Nothing started for %s: %s", plan.run_name, outcome.reason or "already started"
+        )
+    record = read_record(record_store(), planned.key)
+    if record is None or record.engine_id is None:  # e.g. another start failed meanwhile
+        raise CMLError(
+            f"{plan.run_name}: nothing started ({outcome.reason}), and no run is recorded",
+            job_url=job.page_url,
+        )
+    run = StartedRun(
+        engine_id=record.engine_id,
+        job=job,
+        environment=record.environment,
+        requested_at=record.attempted_at or record.updated_at,
+    )
+    return run, outcome

@@ -101,8 +101,10 @@ def test_plan_rejects_bad_input(options: dict[str, Any], fragment: str) -> None:
 # --- the flow, on the session's Prefect API and a real emulator ---
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cml() -> Iterator[Emulator]:
+    """A fresh emulator per test: a new port is a new workspace, so the windows these tests
+    start (January, again and again) have no record yet - a window is started only once."""
     with Emulator() as emulator:
         yield emulator
 
@@ -261,3 +263,39 @@ def test_bad_input_fails_before_any_request(
     with pytest.raises(CMLInputError):
         state.result()
     assert len(cml.requests()) == before
+
+
+# --- scheduled runs and backfills share each window's record ---
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_scheduled_run_of_a_backfilled_window_starts_nothing(cml: Emulator, job_url: str) -> None:
+    from flows.backfill import cml_backfill
+
+    backfill = cml_backfill(job=job_url, start=date(2017, 1, 1), end=date(2017, 3, 31))
+    (january,) = [o for o in backfill.outcomes if o.window == "2017-01"]
+    before = len(cml.runs())
+    run, flow_run = _run_scheduled(
+        datetime(2017, 2, 1, 2, tzinfo=BERLIN), {"job": job_url, "timezone": "Europe/Berlin"}
+    )
+    assert len(cml.runs()) == before == 3  # nothing started
+    assert flow_run.state.is_completed()
+    assert run.engine_id == january.engine_id  # the window's run, started by the backfill
+    assert run.environment == JANUARY
+    markdown = _artifact_for(flow_run.id).data
+    assert "nothing started" in markdown and "already started" in markdown
+    assert january.engine_id is not None and january.engine_id in markdown
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_backfill_skips_a_window_its_schedule_started(cml: Emulator, job_url: str) -> None:
+    from flows.backfill import cml_backfill
+
+    run, _ = _run_scheduled(
+        datetime(2017, 3, 1, 2, tzinfo=BERLIN), {"job": job_url, "timezone": "Europe/Berlin"}
+    )
+    report = cml_backfill(job=job_url, start=date(2017, 1, 1), end=date(2017, 3, 31))
+    assert [o.result for o in report.outcomes] == ["started", "skipped", "started"]
+    assert f"engine {run.engine_id}" in str(report.outcomes[1].reason)
+    starts = sorted(r["environment"]["START_DATE"] for r in cml.runs())
+    assert starts == ["2017-01-01", "2017-02-01", "2017-03-01"]
