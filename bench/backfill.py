@@ -17,7 +17,7 @@ from datetime import date, timedelta
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cml-bench-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def main() -> None:

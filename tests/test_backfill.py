@@ -122,8 +122,16 @@ def _set_project_limit(size: int) -> None:
 
 
 def _backfill(emu: Emulator, start: str, end: str, **options: Any) -> Any:
+    """The flow on the emulator; without the project limit unless a test asks for it.
+
+    Each slot of a Prefect global concurrency limit costs write transactions on the test
+    server's SQLite database, where they contend with task-run records ("database is
+    locked", answered 503, which Prefect's client retries after ~2 s while its per-limit
+    acquisition queue waits): tests of anything else pass `project_limit=0`.
+    """
     from flows.backfill import cml_backfill
 
+    options.setdefault("project_limit", 0)
     return cml_backfill(
         job=emu.job_url("alice", "risk-analysis", "208"),
         start=date.fromisoformat(start),
@@ -195,7 +203,7 @@ def test_concurrency_is_bounded_by_max_concurrency(emu: Emulator) -> None:
 def test_project_limit_bounds_across_backfills(emu: Emulator) -> None:
     _set_project_limit(2)
     emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=0.3))
-    state = _backfill(emu, "2017-01-01", "2017-06-30", max_concurrency=5)
+    state = _backfill(emu, "2017-01-01", "2017-06-30", max_concurrency=5, project_limit=4)
     assert state.is_completed()
     _assert_at_most_in_flight(_arrivals(emu), 2, 0.3)
 
