@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +9,7 @@ from prefect import State, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Completed
 
+from cml_tasks._shared import shared
 from cml_tasks.blocks import CMLCredentials
 from cml_tasks.client import AsyncCMLClient, CMLClient
 from cml_tasks.errors import CMLInputError
@@ -28,7 +28,7 @@ def resolve_settings(credentials: CMLCredentials | CMLSettings | None) -> CMLSet
     return credentials if credentials is not None else CMLSettings.load()
 
 
-@functools.lru_cache(maxsize=8)
+@shared
 def shared_client(settings: CMLSettings) -> CMLClient:
     """One pooled client per settings, shared by every task run of this process."""
     return CMLClient(settings)
@@ -79,7 +79,7 @@ def start_cml_job(
 # --- Following runs to completion (API v2) ---------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
+@shared
 def shared_poller(settings: CMLSettings, poll_interval: float) -> RunPoller:
     """One poller per settings and interval: concurrent task runs share their polls."""
     return RunPoller(shared_client(settings), poll_interval=poll_interval)

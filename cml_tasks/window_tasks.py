@@ -19,7 +19,6 @@ shares the polls of every followed run), and records `succeeded` or `run_failed`
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import time
@@ -41,6 +40,7 @@ from prefect.results import ResultStore, get_default_result_storage
 from prefect.serializers import JSONSerializer
 from prefect.settings import get_current_settings
 
+from cml_tasks._shared import shared
 from cml_tasks.backfill import (
     Action,
     PlannedWindow,
@@ -65,8 +65,8 @@ from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun, RunStatus
 from cml_tasks.reconcile import find_started_run, start_run
 from cml_tasks.settings import CMLSettings
-from cml_tasks.tasks import flow_run_cancelling, resolve_settings, shared_client
-from cml_tasks.waiting import RunPoller, raise_for_status
+from cml_tasks.tasks import flow_run_cancelling, resolve_settings, shared_client, shared_poller
+from cml_tasks.waiting import raise_for_status
 
 DEFAULT_PROJECT_LIMIT = 4
 """Size of a project's global concurrency limit when a backfill creates it."""
@@ -130,7 +130,7 @@ def record_store() -> ResultStore:
     )
 
 
-@functools.lru_cache(maxsize=4)
+@shared
 def _record_store(api_url: str, storage_block: str, storage_path: str, home: str) -> ResultStore:
     return ResultStore(
         result_storage=get_default_result_storage(_sync=True),  # type: ignore[call-arg]
@@ -227,13 +227,6 @@ def _outcome(
         job_url=job.page_url,
         **fields,
     )
-
-
-@functools.lru_cache(maxsize=8)
-def window_poller(settings: CMLSettings, poll_interval: float) -> RunPoller:
-    """One poller per process (per settings and interval): every followed window of every
-    backfill here shares its polls (one list request per job per round)."""
-    return RunPoller(shared_client(settings), poll_interval=poll_interval)
 
 
 def can_reconcile(settings: CMLSettings) -> bool:
@@ -504,7 +497,7 @@ def _follow(
     job, planned = window.job, window.planned
     fields: dict[str, Any] = {"engine_id": run.id, "run_url": run.page_url}
     try:
-        done = window_poller(settings, poll_interval).wait(
+        done = shared_poller(settings, poll_interval).wait(
             run, max_wait=max_wait, on_change=_log_change, should_cancel=flow_run_cancelling
         )
     except CMLWaitTimeout as error:

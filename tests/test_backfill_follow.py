@@ -32,18 +32,19 @@ LIMIT = "cml-project:alice:risk-analysis"
 def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
     """An emulator whose runs last about a second (job 208: 0.3 s to start, 0.7 s running),
     both keys set, fast client retries, and a fresh shared poller."""
-    from cml_tasks import window_tasks
+    from cml_tasks import tasks, window_tasks
 
     monkeypatch.setenv("CML_API_KEY", DEFAULT_V1_KEY)
     monkeypatch.setenv("CML_API_V2_KEY", DEFAULT_V2_KEY)
     fast = RetryPolicy(wait_initial=0.001, wait_max=0.01)
-    monkeypatch.setattr(
-        window_tasks, "shared_client", lambda settings: CMLClient(settings, retry=fast)
-    )
-    window_tasks.window_poller.cache_clear()
+    for module in (tasks, window_tasks):
+        monkeypatch.setattr(
+            module, "shared_client", lambda settings: CMLClient(settings, retry=fast)
+        )
+    tasks.shared_poller.cache_clear()
     with Emulator(default_config(time_scale=0.7)) as cml:
         yield cml
-    window_tasks.window_poller.cache_clear()
+    tasks.shared_poller.cache_clear()
 
 
 @pytest.fixture(autouse=True)
