@@ -273,29 +273,42 @@ def start_and_report(
         typer.echo(f"  environment: {shown}")
 
 
+# The date-range and rendering options shared by `windows` and `backfill`.
+FromOption = Annotated[
+    str, typer.Option("--from", metavar="YYYY-MM-DD", help="First day of the range.")
+]
+ToOption = Annotated[
+    str, typer.Option("--to", metavar="YYYY-MM-DD", help="Last day of the range (inclusive).")
+]
+EveryOption = Annotated[
+    str, typer.Option(help="Cadence: day, week, month, quarter, year, or e.g. '3 months'.")
+]
+TimezoneOption = Annotated[str, typer.Option(help="IANA time zone of the cadence.")]
+WeekStartOption = Annotated[str, typer.Option(help="First day of weekly windows.")]
+StartVarOption = Annotated[str, typer.Option(help="Variable for the first day.")]
+EndVarOption = Annotated[str, typer.Option(help="Variable for the end.")]
+DateFormatOption = Annotated[str, typer.Option(help="strftime format of the dates.")]
+ExclusiveEndOption = Annotated[
+    bool, typer.Option("--exclusive-end", help="Send the day after the window as its end.")
+]
+ExtraOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="NAME=VALUE", help="A fixed variable sent as well."),
+]
+
+
 @app.command()
 def windows(
-    from_: Annotated[
-        str, typer.Option("--from", metavar="YYYY-MM-DD", help="First day of the range.")
-    ],
-    to: Annotated[
-        str, typer.Option("--to", metavar="YYYY-MM-DD", help="Last day of the range (inclusive).")
-    ],
-    every: Annotated[
-        str, typer.Option(help="Cadence: day, week, month, quarter, year, or e.g. '3 months'.")
-    ] = "month",
-    timezone: Annotated[str, typer.Option(help="IANA time zone of the cadence.")] = "UTC",
-    week_start: Annotated[str, typer.Option(help="First day of weekly windows.")] = "monday",
-    start_var: Annotated[str, typer.Option(help="Variable for the first day.")] = "START_DATE",
-    end_var: Annotated[str, typer.Option(help="Variable for the end.")] = "END_DATE",
-    date_format: Annotated[str, typer.Option(help="strftime format of the dates.")] = "%Y-%m-%d",
-    exclusive_end: Annotated[
-        bool, typer.Option("--exclusive-end", help="Send the day after the window as its end.")
-    ] = False,
-    extra: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="NAME=VALUE", help="A fixed variable sent as well."),
-    ] = None,
+    from_: FromOption,
+    to: ToOption,
+    every: EveryOption = "month",
+    timezone: TimezoneOption = "UTC",
+    week_start: WeekStartOption = "monday",
+    start_var: StartVarOption = "START_DATE",
+    end_var: EndVarOption = "END_DATE",
+    date_format: DateFormatOption = "%Y-%m-%d",
+    exclusive_end: ExclusiveEndOption = False,
+    extra: ExtraOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Print the calendar windows in a range and the environment each run would get."""
@@ -337,27 +350,16 @@ def windows(
 @app.command()
 def backfill(
     job: Annotated[str, typer.Argument(help="Job Overview page URL")],
-    from_: Annotated[
-        str, typer.Option("--from", metavar="YYYY-MM-DD", help="First day of the range.")
-    ],
-    to: Annotated[
-        str, typer.Option("--to", metavar="YYYY-MM-DD", help="Last day of the range (inclusive).")
-    ],
-    every: Annotated[
-        str, typer.Option(help="Cadence: day, week, month, quarter, year, or e.g. '3 months'.")
-    ] = "month",
-    timezone: Annotated[str, typer.Option(help="IANA time zone of the cadence.")] = "UTC",
-    week_start: Annotated[str, typer.Option(help="First day of weekly windows.")] = "monday",
-    start_var: Annotated[str, typer.Option(help="Variable for the first day.")] = "START_DATE",
-    end_var: Annotated[str, typer.Option(help="Variable for the end.")] = "END_DATE",
-    date_format: Annotated[str, typer.Option(help="strftime format of the dates.")] = "%Y-%m-%d",
-    exclusive_end: Annotated[
-        bool, typer.Option("--exclusive-end", help="Send the day after the window as its end.")
-    ] = False,
-    extra: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="NAME=VALUE", help="A fixed variable sent as well."),
-    ] = None,
+    from_: FromOption,
+    to: ToOption,
+    every: EveryOption = "month",
+    timezone: TimezoneOption = "UTC",
+    week_start: WeekStartOption = "monday",
+    start_var: StartVarOption = "START_DATE",
+    end_var: EndVarOption = "END_DATE",
+    date_format: DateFormatOption = "%Y-%m-%d",
+    exclusive_end: ExclusiveEndOption = False,
+    extra: ExtraOption = None,
     max_concurrency: Annotated[
         int, typer.Option(help="At most this many starts in flight (1..64).")
     ] = 4,
