@@ -22,6 +22,7 @@ class Shared(Generic[P, T]):
         self._factory = factory
         self._made: dict[Hashable, T] = {}
         self._lock = threading.Lock()
+        self.__qualname__: str = factory.__qualname__
         functools.update_wrapper(self, factory)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -30,6 +31,11 @@ class Shared(Generic[P, T]):
             if key not in self._made:
                 self._made[key] = self._factory(*args, **kwargs)
             return self._made[key]
+
+    def __reduce__(self) -> str:
+        """Pickle by reference, like `functools.lru_cache`: Prefect cloudpickles flows that
+        use the tasks, and the lock and the objects made must stay in this process."""
+        return self.__qualname__
 
     def cache_clear(self) -> None:
         """Forget every object made (tests start from a clean process state)."""

@@ -128,6 +128,8 @@ class _Frontdoor:
                 # A slow server has the whole request before it dawdles: a client giving up
                 # meanwhile does not undo the work, as with a real CML.
                 received = await _buffered(receive)
+                if received is None:
+                    return  # the client hung up before its request was in: nothing to do
                 await asyncio.sleep(fault.seconds)
                 await self.app(scope, received, send_with_id)
             elif fault.kind == "drop":
@@ -141,13 +143,14 @@ class _Frontdoor:
             log("dropped")  # no answer went out (the app or the hang-up failed)
 
 
-async def _buffered(receive: Receive) -> Receive:
-    """Read the request body now; replay it to the app later."""
+async def _buffered(receive: Receive) -> Receive | None:
+    """Read the request body now, to replay it to the app later; None if the client left
+    before the whole request was read (the server never saw it whole, so it does nothing)."""
     body = b""
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            break
+            return None
         body += message.get("body", b"")
         if not message.get("more_body", False):
             break
