@@ -157,14 +157,7 @@ def run_cml_job(
     client = shared_client(settings)
     run = start_run(client, job, environment, arguments)
     _started(run)
-    done = shared_poller(settings, poll_interval).wait(
-        run,
-        max_wait=max_wait,
-        stop_on_timeout=stop_on_timeout,
-        on_change=_log_change,
-        should_cancel=flow_run_cancelling,
-    )
-    return final_state(done)  # type: ignore[return-value]
+    return _follow_to_end(settings, run, poll_interval, max_wait, stop_on_timeout)
 
 
 @task(name="follow-cml-run", task_run_name=_follow_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]
@@ -179,6 +172,17 @@ def follow_cml_run(
     """Follow a run started elsewhere (e.g. the engine id of `start_cml_job`) to the end."""
     settings = resolve_settings(credentials)
     run = shared_client(settings).get_run(job, run_id)
+    return _follow_to_end(settings, run, poll_interval, max_wait, stop_on_timeout)
+
+
+def _follow_to_end(
+    settings: CMLSettings,
+    run: JobRun,
+    poll_interval: float,
+    max_wait: float | None,
+    stop_on_timeout: bool,
+) -> JobRun:
+    """Wait through the process's shared poller; the Prefect outcome of how the run ended."""
     done = shared_poller(settings, poll_interval).wait(
         run,
         max_wait=max_wait,
