@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Any
 
@@ -206,6 +207,31 @@ def test_project_limit_bounds_across_backfills(emu: Emulator) -> None:
     state = _backfill(emu, "2017-01-01", "2017-06-30", max_concurrency=5, project_limit=4)
     assert state.is_completed()
     _assert_at_most_in_flight(_arrivals(emu), 2, 0.3)
+
+
+def test_scheduled_runs_and_a_backfill_share_the_project_limit(emu: Emulator) -> None:
+    """Scheduled window runs take the same project slot as a backfill's windows: running at
+    the same time, together they never have more starts in flight than the limit."""
+    from flows.window_run import cml_window_run
+
+    _set_project_limit(1)
+    emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=0.3))
+    url = emu.job_url("alice", "risk-analysis", "208")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        backfill = pool.submit(
+            _backfill, emu, "2017-01-01", "2017-03-31", max_concurrency=3, project_limit=4
+        )
+        scheduled = [
+            pool.submit(cml_window_run, job=url, window_start=date(2017, month, 1))
+            for month in (4, 5)
+        ]
+        assert backfill.result().is_completed()
+        assert sorted(run.environment["START_DATE"] for run in (s.result() for s in scheduled)) == [
+            "2017-04-01",
+            "2017-05-01",
+        ]
+    assert _starts(emu) == Counter(dict.fromkeys(_months(1, 5), 1))
+    _assert_at_most_in_flight(_arrivals(emu), 1, 0.3)
 
 
 def test_failed_window_does_not_stop_the_others_and_missing_retries_it(emu: Emulator) -> None:
