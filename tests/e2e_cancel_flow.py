@@ -1,8 +1,9 @@
-"""Served by tests/test_cancel_e2e.py in a subprocess: a flow that follows one long CML run."""
+"""Served by tests/test_cancel_e2e.py in a subprocess: a flow that follows one long CML run,
+and the backfill flow (following its windows' runs)."""
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, serve
 
 from cml_tasks.tasks import run_cml_job
 
@@ -14,4 +15,9 @@ def follow_cml(job_url: str) -> None:
 
 
 if __name__ == "__main__":
-    follow_cml.serve(name="cancel-e2e")
+    from flows.backfill import cml_backfill
+
+    serve(
+        follow_cml.to_deployment(name="cancel-e2e"),
+        cml_backfill.to_deployment(name="cancel-e2e"),
+    )

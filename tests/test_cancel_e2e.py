@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +15,7 @@ from conftest import PrefectServer, spawn, stop_process
 from cml_tasks.emulator import DEFAULT_V2_KEY, Emulator, RunRecord, default_config
 
 FLOW_FILE = Path(__file__).with_name("e2e_cancel_flow.py")
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def eventually(check: Callable[[], object], timeout: float, what: str, log: Path) -> object:
@@ -23,6 +26,12 @@ def eventually(check: Callable[[], object], timeout: float, what: str, log: Path
             return result
         time.sleep(0.3)
     pytest.fail(f"timed out waiting for {what}; serve log:\n{log.read_text()[-4000:]}")
+
+
+def _serve(prefect_server: PrefectServer, log: Path) -> subprocess.Popen[bytes]:
+    pythonpath = f"{FLOW_FILE.parent}{os.pathsep}{REPOSITORY}"
+    env = prefect_server.env(CML_API_V2_KEY=DEFAULT_V2_KEY, PYTHONPATH=pythonpath)
+    return spawn([sys.executable, str(FLOW_FILE)], env, log)
 
 
 @pytest.fixture
@@ -38,8 +47,7 @@ def test_cancelling_the_flow_run_stops_the_cml_run(
     from prefect.states import Cancelling
 
     log = tmp_path / "serve.log"
-    env = prefect_server.env(CML_API_V2_KEY=DEFAULT_V2_KEY, PYTHONPATH=str(FLOW_FILE.parent))
-    serve = spawn([sys.executable, str(FLOW_FILE)], env, log)
+    serve = _serve(prefect_server, log)
     try:
         with prefect_server.as_current_api(), get_client(sync_client=True) as prefect:
 
@@ -76,5 +84,61 @@ def test_cancelling_the_flow_run_stops_the_cml_run(
 
             eventually(cancelled, 30, "the flow run to be Cancelled", log)
         assert len(cml.runs()) == 1
+    finally:
+        stop_process(serve)
+
+
+def test_cancelling_a_following_backfill_stops_each_window_run(
+    prefect_server: PrefectServer, cml: Emulator, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    log = tmp_path / "serve.log"
+    serve = _serve(prefect_server, log)
+    try:
+        with prefect_server.as_current_api(), get_client(sync_client=True) as prefect:
+
+            def deployment() -> object:
+                try:
+                    return prefect.read_deployment_by_name("cml-backfill/cancel-e2e")
+                except Exception:
+                    return None
+
+            found = eventually(deployment, 60, "the served backfill deployment", log)
+            flow_run = prefect.create_flow_run_from_deployment(
+                found.id,  # type: ignore[attr-defined]
+                parameters={
+                    "job": cml.job_url("alice", "risk-analysis", "211"),
+                    "start": "2017-01-01",
+                    "end": "2017-02-28",
+                    "follow": True,
+                    "poll_interval": 0.5,
+                    "project_limit": 0,
+                },
+            )
+
+            def both_running() -> list[RunRecord]:
+                running = [r for r in cml.runs() if r["status"] == "ENGINE_RUNNING"]
+                return running if len(running) == 2 else []
+
+            runs = eventually(both_running, 90, "both windows' CML runs to be RUNNING", log)
+            assert isinstance(runs, list)
+            prefect.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the test"))
+
+            def all_stopped() -> bool:
+                return all(r["status"] == "ENGINE_STOPPED" for r in cml.runs())
+
+            eventually(all_stopped, 30, "every window's CML run to be STOPPED", log)
+            stopped = {
+                r["path"].rsplit("/", 1)[-1]
+                for r in cml.requests()
+                if r["endpoint"] == "v2.stop_run"
+            }
+            assert stopped == {f"{run['id']}:stop" for run in runs}
+        assert sorted(r["environment"]["START_DATE"] for r in cml.runs()) == [
+            "2017-01-01",
+            "2017-02-01",
+        ]
     finally:
         stop_process(serve)
