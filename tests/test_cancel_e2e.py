@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PrefectServer, spawn, stop_process
@@ -34,6 +35,20 @@ def _serve(prefect_server: PrefectServer, log: Path) -> subprocess.Popen[bytes]:
     return spawn([sys.executable, str(FLOW_FILE)], env, log)
 
 
+def _run_served(prefect: Any, deployment: str, parameters: dict[str, Any], log: Path) -> Any:
+    """A flow run of a deployment the serve process registers (once it has)."""
+    from prefect.exceptions import ObjectNotFound
+
+    def served() -> Any:
+        try:
+            return prefect.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            return None
+
+    found = eventually(served, 60, f"the served deployment {deployment}", log)
+    return prefect.create_flow_run_from_deployment(found.id, parameters=parameters)
+
+
 @pytest.fixture
 def cml() -> Iterator[Emulator]:
     with Emulator(default_config()) as emu:  # job 211 runs for 60 s
@@ -50,17 +65,11 @@ def test_cancelling_the_flow_run_stops_the_cml_run(
     serve = _serve(prefect_server, log)
     try:
         with prefect_server.as_current_api(), get_client(sync_client=True) as prefect:
-
-            def deployment() -> object:
-                try:
-                    return prefect.read_deployment_by_name("follow-cml/cancel-e2e")
-                except Exception:
-                    return None
-
-            found = eventually(deployment, 60, "the served deployment", log)
-            flow_run = prefect.create_flow_run_from_deployment(
-                found.id,  # type: ignore[attr-defined]
-                parameters={"job_url": cml.job_url("alice", "risk-analysis", "211")},
+            flow_run = _run_served(
+                prefect,
+                "follow-cml/cancel-e2e",
+                {"job_url": cml.job_url("alice", "risk-analysis", "211")},
+                log,
             )
 
             def running() -> RunRecord | None:
@@ -98,17 +107,10 @@ def test_cancelling_a_following_backfill_stops_each_window_run(
     serve = _serve(prefect_server, log)
     try:
         with prefect_server.as_current_api(), get_client(sync_client=True) as prefect:
-
-            def deployment() -> object:
-                try:
-                    return prefect.read_deployment_by_name("cml-backfill/cancel-e2e")
-                except Exception:
-                    return None
-
-            found = eventually(deployment, 60, "the served backfill deployment", log)
-            flow_run = prefect.create_flow_run_from_deployment(
-                found.id,  # type: ignore[attr-defined]
-                parameters={
+            flow_run = _run_served(
+                prefect,
+                "cml-backfill/cancel-e2e",
+                {
                     "job": cml.job_url("alice", "risk-analysis", "211"),
                     "start": "2017-01-01",
                     "end": "2017-02-28",
@@ -116,6 +118,7 @@ def test_cancelling_a_following_backfill_stops_each_window_run(
                     "poll_interval": 0.5,
                     "project_limit": 0,
                 },
+                log,
             )
 
             def both_running() -> list[RunRecord]:
