@@ -72,6 +72,8 @@ DEFAULT_PROJECT_LIMIT = 4
 """Size of a project's global concurrency limit when a backfill creates it."""
 LOCK_HOLD_SECONDS = 600.0
 """A lock left by a vanished holder on another machine frees itself after this long."""
+TORN_LOCK_SECONDS = 10.0
+"""A lock file left empty this long was created by a holder that died before writing it."""
 SLOT_LEASE_SECONDS = 60.0
 """Prefect's minimum lease: a killed process's concurrency slots come back after a minute.
 Prefect renews the lease in the background while a slot is held (e.g. while following)."""
@@ -86,20 +88,31 @@ class _WindowLocks(FileSystemLockManager):
     """Prefect's file locks, made safe against SIGKILL and against torn lock files.
 
     A lock whose holder was a process on this host that no longer exists is free, so a rerun
-    after a kill does not wait `LOCK_HOLD_SECONDS`. A lock file still empty (being written by
-    another process) counts as held.
+    after a kill does not wait `LOCK_HOLD_SECONDS`. Prefect creates a lock file, then writes
+    its holder: a file still empty is being written by another process and counts as held,
+    unless it has stayed empty for `TORN_LOCK_SECONDS` (its holder died in between).
     """
 
     def _get_lock_info(self, key: str, use_cache: bool = True) -> Any:
+        path = Path(self._lock_path_for_key(key))
         try:
             info = super()._get_lock_info(key, use_cache=use_cache)
-        except ValueError:  # created but not yet written by its holder
-            return {"holder": "", "expiration": None, "path": self._lock_path_for_key(key)}
-        if info is not None and _holder_is_dead(info["holder"]):
-            Path(info["path"]).unlink(missing_ok=True)
-            self._locks.pop(key, None)
-            return None
-        return info
+        except ValueError:  # created but not (yet) written by its holder
+            if _age_seconds(path) < TORN_LOCK_SECONDS:
+                return {"holder": "", "expiration": None, "path": str(path)}
+        else:
+            if info is None or not _holder_is_dead(info["holder"]):
+                return info
+        path.unlink(missing_ok=True)
+        self._locks.pop(key, None)
+        return None
+
+
+def _age_seconds(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _holder_is_dead(holder: str) -> bool:

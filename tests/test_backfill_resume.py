@@ -25,7 +25,7 @@ from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator, Fault
 from cml_tasks.job import JobRef
 
 ROOT = Path(__file__).resolve().parents[1]
-LATENCY = 0.5
+LATENCY = 2.0  # the 5th and 6th starts dawdle this long: the kill lands while they are in flight
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_killed_backfill_resumes_each_window_exactly_once(
     from flows.backfill import cml_backfill
 
     url = emu.job_url("alice", "risk-analysis", "208")
-    emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=LATENCY))
+    emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=LATENCY, calls=[5, 6]))
     process = _backfill_process(url)
     deadline = time.monotonic() + 60
     # Kill while starts are in flight: their records say `starting`, their runs land later.
