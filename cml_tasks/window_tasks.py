@@ -82,6 +82,8 @@ SETTLE_SECONDS = 2.0
 UNDATED_UNKNOWN_MARGIN = timedelta(minutes=10)
 """An `outcome_unknown` record without `attempted_at` (older versions) was written after the
 call: look this far before it for the run."""
+EVER = datetime(1970, 1, 1, tzinfo=UTC)
+"""The attempt time of a window whose record was lost: CML is asked for its runs of all time."""
 
 
 class _WindowLocks(FileSystemLockManager):
@@ -154,10 +156,27 @@ def _record_store(api_url: str, storage_block: str, storage_path: str, home: str
 
 
 def read_record(store: ResultStore, key: str, holder: str | None = None) -> WindowRecord | None:
-    """The window's record, or None if it was never written."""
-    if not store.exists(key):
-        return None
-    return WindowRecord.model_validate(store.read(key, holder=holder).result)
+    """The window's record, or None if it was never written.
+
+    Raises `UnreadableRecord` for a record stored but unreadable: Prefect's local storage
+    truncates a file before writing it, so a kill in between leaves it empty
+    (`ResultStore.exists` then says False, which must not read as "never started").
+    """
+    if store.exists(key):
+        return WindowRecord.model_validate(store.read(key, holder=holder).result)
+    basepath = getattr(store.result_storage, "basepath", None)
+    path = None if basepath is None else Path(basepath).expanduser() / key
+    if path is not None and path.is_file():
+        raise UnreadableRecord(path)
+    return None
+
+
+class UnreadableRecord(ValueError):
+    """A window's record file that holds no record: its writer was killed mid-write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"window record {path} is unreadable: its writer died mid-write")
+        self.written_at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
 
 
 def peek_record(store: ResultStore, key: str) -> WindowRecord | None:
@@ -253,8 +272,27 @@ class _Window:
     def __init__(self, store: ResultStore, job: JobRef, planned: PlannedWindow) -> None:
         self.store, self.job, self.planned = store, job, planned
 
+    def read(self, holder: str) -> WindowRecord | None:
+        """The window's record. One left unreadable (its writer killed mid-write) may hide a
+        started run: it counts as an unknown outcome, resolved by asking CML for a run with
+        this environment created at any time, never by starting blindly."""
+        try:
+            return read_record(self.store, self.planned.key, holder)
+        except UnreadableRecord as error:
+            return self._record(
+                WindowStatus.OUTCOME_UNKNOWN,
+                error=str(error),
+                attempted_at=EVER,
+                updated_at=error.written_at,
+            )
+
     def write(self, holder: str, status: WindowStatus, **fields: Any) -> WindowRecord:
-        record = WindowRecord(
+        record = self._record(status, **fields)
+        _write(self.store, record, holder)
+        return record
+
+    def _record(self, status: WindowStatus, **fields: Any) -> WindowRecord:
+        return WindowRecord(
             key=self.planned.key,
             job_url=self.job.page_url,
             window_start=self.planned.window.start,
@@ -263,8 +301,6 @@ class _Window:
             status=status,
             **fields,
         )
-        _write(self.store, record, holder)
-        return record
 
     def write_locked(self, status: WindowStatus, **fields: Any) -> WindowRecord:
         with _locked(self.store, self.planned.key) as holder:
@@ -300,8 +336,9 @@ def backfill_window(
     store = record_store()
     key = planned.key
     begun = datetime.now(UTC)
+    window = _Window(store, job, planned)
     with _locked(store, key) as holder:
-        record = read_record(store, key, holder)
+        record = window.read(holder)
         action, reason = decide(record, reprocess)
     if action is Action.UNKNOWN and not can_reconcile(settings):
         raise CMLOutcomeUnknown(
@@ -314,11 +351,10 @@ def backfill_window(
         logger.info("Skipping %s: %s", planned.label, reason)
         return _outcome(job, planned, "skipped", reason=reason)
 
-    window = _Window(store, job, planned)
     with _slot(project_limit):
         run: JobRun | None = None
         with _locked(store, key) as holder:
-            record = read_record(store, key, holder)
+            record = window.read(holder)
             action, reason = decide(record, reprocess)
             if resume:
                 if record is None or not _followable(record):

@@ -24,7 +24,7 @@ from cml_tasks.backfill import (
     window_key,
 )
 from cml_tasks.client import CMLClient
-from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator, Fault
+from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator, Fault
 from cml_tasks.errors import CMLInputError
 from cml_tasks.job import JobRef
 from cml_tasks.settings import CMLSettings
@@ -285,6 +285,36 @@ def test_outcome_unknown_is_reported_and_never_retried(emu: Emulator) -> None:
     assert "2017-02: outcome unknown" in rerun.message
     # February's run exists (answer lost), March's not: neither is started blindly.
     assert _starts(emu) == Counter({"2017-01-01": 1, "2017-02-01": 1, "2017-04-01": 1})
+
+
+def test_unreadable_record_counts_as_unknown_and_is_resolved_through_v2(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record whose writer was killed mid-write (an empty file) may hide a started run."""
+    from pathlib import Path
+
+    from cml_tasks.window_tasks import record_store
+
+    _backfill(emu, "2017-01-01", "2017-02-28")
+    plan = plan_backfill(
+        JobRef.parse(emu.job_url("alice", "risk-analysis", "208")), JAN, date(2017, 3, 31)
+    )
+    basepath = Path(record_store().result_storage.basepath).expanduser()
+    # January's `started` record torn after its run started; March's `starting` before any.
+    for window in (plan.windows[0], plan.windows[2]):
+        (basepath / window.key).write_bytes(b"")
+
+    blind = _backfill(emu, "2017-01-01", "2017-03-31")
+    assert blind.is_failed()
+    assert "2017-01: outcome unknown" in blind.message
+    assert "2017-03: outcome unknown" in blind.message
+    assert _starts(emu) == Counter({"2017-01-01": 1, "2017-02-01": 1})
+
+    monkeypatch.setenv("CML_API_V2_KEY", DEFAULT_V2_KEY)
+    report = _backfill(emu, "2017-01-01", "2017-03-31").result()
+    assert [o.result for o in report.outcomes] == ["started", "skipped", "started"]
+    assert "adopted run" in (report.outcomes[0].reason or "")
+    assert _starts(emu) == Counter({"2017-01-01": 1, "2017-02-01": 1, "2017-03-01": 1})
 
 
 def test_records_hold_no_secret(emu: Emulator) -> None:

@@ -25,7 +25,7 @@ from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator, Fault
 from cml_tasks.job import JobRef
 
 ROOT = Path(__file__).resolve().parents[1]
-LATENCY = 2.0  # the 5th and 6th starts dawdle this long: the kill lands while they are in flight
+LATENCY = 3.0  # the 5th and 6th starts dawdle this long: the kill lands while they are in flight
 
 
 @pytest.fixture
@@ -36,13 +36,18 @@ def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
 
 
 @pytest.fixture(autouse=True)
-def _roomy_project_limit(prefect_api: None) -> None:
+def _roomy_project_limit(prefect_api: None) -> Iterator[None]:
     """Slots held by a killed backfill come back only when their lease expires (and only
-    where the server runs its lease service): keep the shared project limit out of the way."""
+    where the server runs its lease service): keep the shared project limit out of the way,
+    and drop it afterwards so no later test inherits the dead process's slots."""
     from prefect.client.orchestration import get_client
 
+    name = "cml-project:alice:risk-analysis"
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name("cml-project:alice:risk-analysis", 50)
+        client.upsert_global_concurrency_limit_by_name(name, 50)
+    yield
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(name)
 
 
 def _backfill_process(url: str) -> subprocess.Popen[bytes]:
@@ -84,24 +89,29 @@ def test_killed_backfill_resumes_each_window_exactly_once(
     from flows.backfill import cml_backfill
 
     url = emu.job_url("alice", "risk-analysis", "208")
+    _statuses(url)  # resolve the record store now, not while the slow starts are in flight
     emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=LATENCY, calls=[5, 6]))
     process = _backfill_process(url)
     deadline = time.monotonic() + 60
-    # Kill while starts are in flight: their records say `starting`, their runs land later.
-    while len(emu.runs()) < 4 or WindowStatus.STARTING not in _statuses(url).values():
+    # Kill while the two slow starts are in flight: their records say `starting`, their runs
+    # land later.
+    while len(emu.runs()) < 4 or list(_statuses(url).values()).count(WindowStatus.STARTING) < 2:
         assert process.poll() is None, "the backfill ended before it could be killed"
         assert time.monotonic() < deadline, "the backfill never got going"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    time.sleep(LATENCY + 0.3)  # starts in flight at the kill still reach the server
+    interrupted = {label for label, s in _statuses(url).items() if s is WindowStatus.STARTING}
+    assert len(interrupted) == 2
+    # The starts in flight at the kill were received whole: their runs still land.
+    while not interrupted <= {run["environment"]["START_DATE"][:7] for run in emu.runs()}:
+        assert time.monotonic() < deadline, "the interrupted starts never landed"
+        time.sleep(0.05)
     before = Counter(run["environment"]["START_DATE"] for run in emu.runs())
-    assert 4 <= sum(before.values()) < 12
+    assert sum(before.values()) == 6
     assert set(before.values()) == {1}
 
     emu.clear_faults()
-    interrupted = {label for label, s in _statuses(url).items() if s is WindowStatus.STARTING}
-    assert interrupted
     if v2_key:
         monkeypatch.setenv("CML_API_V2_KEY", DEFAULT_V2_KEY)
     state = cml_backfill(job=url, start=date(2017, 1, 1), end=date(2017, 12, 31), return_state=True)

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -799,6 +800,22 @@ def test_faults_from_config_and_the_request_log(tmp_path: Path) -> None:
 
 
 # --- admin and the Overview page ---------------------------------------------------------------
+
+
+def test_runs_can_be_read_while_runs_are_created(fresh: Emulator) -> None:
+    """Tests poll `Emulator.runs()` from their own thread while the server creates runs."""
+    read_failures: list[Exception] = []
+    with httpx.Client(base_url=fresh.url) as client:
+        starter = threading.Thread(target=lambda: [start_v1(client) for _ in range(100)])
+        starter.start()
+        while starter.is_alive():
+            try:
+                fresh.runs()
+            except Exception as error:  # any failure to read is the bug
+                read_failures.append(error)
+        starter.join()
+    assert read_failures == []
+    assert len(fresh.runs()) == 100
 
 
 def test_admin_runs_lists_both_apis(fresh: Emulator) -> None:

@@ -183,9 +183,9 @@ class EmulatorState:
             run.request_stop(self.now())
 
     def run_records(self) -> list[RunRecord]:
-        now = self.now()
         with self._lock:
             runs = list(self._runs.values())
+            now = self.now()  # read after the copy: no run in it is newer than `now`
         return [
             RunRecord(
                 id=r.id,
