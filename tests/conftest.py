@@ -4,6 +4,7 @@ PREFECT_HOME and no telemetry (the test machines have no internet)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,12 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 for _name in [name for name in os.environ if name.startswith("CML_")]:
     del os.environ[_name]  # a developer's own CML settings must not leak into tests
 
+
+def pytest_sessionfinish() -> None:
+    """Leave no temporary PREFECT_HOME behind."""
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+
+
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 """The `prefect` CLI of the interpreter running the tests."""
 
@@ -38,6 +45,18 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _no_window_records_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each test starts without backfill window records or locks. They are keyed by the job
+    URL, and a new emulator may get the port of an earlier test's one: its records would
+    make windows look started already."""
+    yield
+    for home in (Path(_PREFECT_HOME), tmp_path_factory.getbasetemp()):
+        for path in home.rglob("cml-backfill-*"):  # records, and lock files (`.lock`)
+            if path.is_file():
+                path.unlink(missing_ok=True)
 
 
 # --- A real `prefect server start` process, for workers, `serve` processes and the CLI ---
