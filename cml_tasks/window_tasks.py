@@ -155,6 +155,14 @@ def _record_store(api_url: str, storage_block: str, storage_path: str, home: str
     )
 
 
+class UnreadableRecord(ValueError):
+    """A window's record file that holds no record: its writer was killed mid-write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"window record {path} is unreadable: its writer died mid-write")
+        self.written_at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
 def read_record(store: ResultStore, key: str, holder: str | None = None) -> WindowRecord | None:
     """The window's record, or None if it was never written.
 
@@ -169,14 +177,6 @@ def read_record(store: ResultStore, key: str, holder: str | None = None) -> Wind
     if path is not None and path.is_file():
         raise UnreadableRecord(path)
     return None
-
-
-class UnreadableRecord(ValueError):
-    """A window's record file that holds no record: its writer was killed mid-write."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"window record {path} is unreadable: its writer died mid-write")
-        self.written_at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
 
 
 def peek_record(store: ResultStore, key: str) -> WindowRecord | None:
