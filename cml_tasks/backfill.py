@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -241,6 +242,19 @@ class WindowOutcome(BaseModel):
             "dispatched",
             WindowStatus.STARTED,
             WindowStatus.SUCCEEDED,
+        )
+
+    @classmethod
+    def of(cls, job: JobRef, planned: PlannedWindow, result: str, **fields: Any) -> WindowOutcome:
+        """The row of one planned window of `job`, with `result` and any further fields."""
+        return cls(
+            window=planned.label,
+            window_start=planned.window.start,
+            window_end=planned.window.end,
+            environment=planned.environment,
+            result=result,
+            job_url=job.page_url,
+            **fields,
         )
 
 

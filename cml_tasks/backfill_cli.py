@@ -23,17 +23,7 @@ def dry_run(job: str, start: date, end: date, options: dict[str, Any]) -> Backfi
     ref = JobRef.parse(job)
     ref = ref.with_host(None if ref.host else CMLSettings.load().host)
     plan = plan_backfill(ref, start, end, **options)
-    outcomes = [
-        WindowOutcome(
-            window=p.label,
-            window_start=p.window.start,
-            window_end=p.window.end,
-            environment=p.environment,
-            result="planned",
-            job_url=ref.page_url,
-        )
-        for p in plan.windows
-    ]
+    outcomes = [WindowOutcome.of(ref, p, "planned") for p in plan.windows]
     return BackfillReport(job_url=ref.page_url, outcomes=outcomes, dry_run=True)
 
 

@@ -246,21 +246,6 @@ def _run_name(parameters: dict[str, Any]) -> str:
     return f"{slug} {label}"
 
 
-def _outcome(
-    job: JobRef, planned: PlannedWindow, result: str, **fields: str | None
-) -> WindowOutcome:
-    window = planned.window
-    return WindowOutcome(
-        window=planned.label,
-        window_start=window.start,
-        window_end=window.end,
-        environment=planned.environment,
-        result=result,
-        job_url=job.page_url,
-        **fields,
-    )
-
-
 def can_reconcile(settings: CMLSettings) -> bool:
     """Whether "outcome unknown" starts can be resolved by asking CML (needs the v2 key)."""
     return settings.api_v2_key is not None
@@ -349,7 +334,7 @@ def backfill_window(
     resume = follow and action is Action.SKIP and _followable(record)
     if action is Action.SKIP and not resume:
         logger.info("Skipping %s: %s", planned.label, reason)
-        return _outcome(job, planned, "skipped", reason=reason)
+        return WindowOutcome.of(job, planned, "skipped", reason=reason)
 
     with _slot(project_limit):
         run: JobRun | None = None
@@ -363,7 +348,7 @@ def backfill_window(
                 action, reason = Action.SKIP, f"started meanwhile by another backfill: {reason}"
             if action is Action.SKIP and not resume:
                 logger.info("Skipping %s: %s", planned.label, reason)
-                return _outcome(job, planned, "skipped", reason=reason)
+                return WindowOutcome.of(job, planned, "skipped", reason=reason)
             client = shared_client(settings)
             if resume:
                 assert record is not None and record.engine_id is not None
@@ -388,7 +373,7 @@ def backfill_window(
                             run_url=found.page_url,
                         )
                         if not follow:
-                            return _outcome(
+                            return WindowOutcome.of(
                                 job,
                                 planned,
                                 WindowStatus.STARTED,
@@ -481,7 +466,7 @@ def _start(
     if run is not None:
         emit_run_event(run)
         return run
-    return _outcome(
+    return WindowOutcome.of(
         job, planned, WindowStatus.STARTED, engine_id=run_id, run_url=run_url, reason=reason
     )
 
@@ -563,7 +548,7 @@ def _follow(
     status = done.status.short
     if done.status is RunStatus.SUCCEEDED:
         window.write_locked(WindowStatus.SUCCEEDED, run_status=status, **fields)
-        return _outcome(job, planned, WindowStatus.SUCCEEDED, run_status=status, **fields)
+        return WindowOutcome.of(job, planned, WindowStatus.SUCCEEDED, run_status=status, **fields)
     try:
         raise_for_status(done)
     except CMLRunError as error:

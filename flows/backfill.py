@@ -104,15 +104,11 @@ def _failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -
         result = WindowStatus.RUN_FAILED
     elif isinstance(error, CMLError):
         result = WindowStatus.START_FAILED
-    window = planned.window
-    return WindowOutcome(
-        window=planned.label,
-        window_start=window.start,
-        window_end=window.end,
-        environment=planned.environment,
-        result=result,
+    return WindowOutcome.of(
+        job,
+        planned,
+        result,
         error=f"{type(error).__name__}: {error}",
-        job_url=job.page_url,
         engine_id=run.id if run is not None else None,
         run_status=run.status.short if run is not None else None,
         run_url=run.page_url if run is not None else None,
@@ -226,18 +222,7 @@ def _dispatch(
                 result = WindowStatus.OUTCOME_UNKNOWN
             else:
                 result = "skipped"
-            window = planned.window
-            on_done(
-                WindowOutcome(
-                    window=planned.label,
-                    window_start=window.start,
-                    window_end=window.end,
-                    environment=planned.environment,
-                    result=result,
-                    reason=reason,
-                    job_url=plan.job.page_url,
-                )
-            )
+            on_done(WindowOutcome.of(plan.job, planned, result, reason=reason))
 
 
 def decide_dispatch(previous: list[Any], reprocess: Reprocess) -> tuple[Action, str]:
@@ -366,14 +351,7 @@ def cml_backfill(
 
     if dry_run:
         for planned in plan.windows:
-            outcomes[planned.key] = WindowOutcome(
-                window=planned.label,
-                window_start=planned.window.start,
-                window_end=planned.window.end,
-                environment=planned.environment,
-                result="planned",
-                job_url=plan.job.page_url,
-            )
+            outcomes[planned.key] = WindowOutcome.of(plan.job, planned, "planned")
     else:
         progress: UUID = create_progress_artifact(  # type: ignore[assignment]
             progress=0.0, description=f"Backfill of {plan.job.slug}: windows done of {total}"
