@@ -53,10 +53,10 @@ def _no_window_records_left(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     URL, and a new emulator may get the port of an earlier test's one: its records would
     make windows look started already."""
     yield
-    for home in (Path(_PREFECT_HOME), tmp_path_factory.getbasetemp()):
-        for path in home.rglob("cml-backfill-*"):  # records, and lock files (`.lock`)
-            if path.is_file():
-                path.unlink(missing_ok=True)
+    homes = [Path(_PREFECT_HOME), *tmp_path_factory.getbasetemp().glob("prefect-server-home*")]
+    for home in homes:
+        for path in [*home.glob("storage/cml-backfill-*"), *home.glob("locks/cml-backfill/*")]:
+            path.unlink(missing_ok=True)
 
 
 # --- A real `prefect server start` process, for workers, `serve` processes and the CLI ---
