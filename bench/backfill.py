@@ -32,7 +32,8 @@ def main() -> None:
 
     from cml_tasks import CMLClient, CMLSettings
     from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
-    from flows.backfill import cml_backfill
+    from cml_tasks.prefect.backfill import cml_backfill
+    from cml_tasks.window_options import WindowOptions
 
     os.environ["CML_API_KEY"] = DEFAULT_V1_KEY
     start, end = date(2000, 1, 1), date(2000, 1, 1) + timedelta(days=n - 1)
@@ -50,7 +51,7 @@ def main() -> None:
                 job=url,
                 start=start,
                 end=end,
-                every="day",
+                options=WindowOptions(every="day"),
                 max_concurrency=args.max_concurrency,
                 project_limit=args.project_limit,
             )

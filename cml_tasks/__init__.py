@@ -1,14 +1,14 @@
 """Run Cloudera Machine Learning (CML) jobs from Prefect.
 
-This module imports no Prefect: the client, settings and windows work without it. Prefect
-tasks live in `cml_tasks.tasks`, the credentials block in `cml_tasks.blocks`.
+This module imports no Prefect: the client, settings and windows work without it. Everything
+that needs Prefect (tasks, flows, the credentials block) lives in `cml_tasks.prefect`.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from cml_tasks._retry import RetryPolicy
+from cml_tasks._retry import RetryPolicy, set_testing
 from cml_tasks.client import AsyncCMLClient, CMLClient
 from cml_tasks.errors import (
     CMLAuthError,
@@ -63,4 +63,5 @@ __all__ = [
     "RunStatus",
     "StartedRun",
     "__version__",
+    "set_testing",
 ]

@@ -1,18 +1,20 @@
 """Backfill planning: which windows, in which order, under which key, and whether to start each.
 
 Pure Python (no Prefect import), so `cml-jobs backfill --dry-run` is fast and the rules are
-tested without a server. Prefect runs the plan in `cml_tasks.window_tasks` and
-`flows/backfill.py`.
+tested without a server. `cml_tasks.window_start` starts each window safely;
+`cml_tasks.prefect` runs the plan as Prefect task and flow runs.
 
 The record of a window lives under :func:`window_key`: one key per (job, window), derived from
 the workspace host, user, project, job id and the window's dates - not from the rendering, so
 changing variable names or the date format does not make a month look "never started". Its
-:class:`WindowStatus` says what happened; :func:`decide` turns it into an :class:`Action`.
+:class:`WindowStatus` says what happened; :func:`decide` turns it into an :class:`Action`, and
+a :class:`WindowOutcome` with its :class:`WindowResult` is the window's row of the report.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
@@ -21,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cml_tasks.errors import CMLInputError
 from cml_tasks.job import JobRef
-from cml_tasks.windows import Cadence, Window, make_rendering, parse_every, windows_between
+from cml_tasks.window_options import WindowOptions
+from cml_tasks.windows import Cadence, Window, windows_between
 
 __all__ = [
     "Action",
@@ -32,8 +35,10 @@ __all__ = [
     "Reprocess",
     "WindowOutcome",
     "WindowRecord",
+    "WindowResult",
     "WindowStatus",
     "decide",
+    "decide_record",
     "plan_backfill",
     "project_limit_name",
     "window_key",
@@ -41,6 +46,8 @@ __all__ = [
 
 KEY_PREFIX = "cml-backfill-"
 """Prefix of every record key (a file name in local result storage)."""
+MAX_CONCURRENCY = 64
+"""Upper bound of a backfill's `max_concurrency` (its flow's thread pool has this many)."""
 
 
 class Reprocess(StrEnum):
@@ -152,15 +159,7 @@ def plan_backfill(
     job: JobRef,
     start: date,
     end: date,
-    *,
-    every: str = "month",
-    timezone: str = "UTC",
-    week_start: str = "monday",
-    start_var: str = "START_DATE",
-    end_var: str = "END_DATE",
-    date_format: str = "%Y-%m-%d",
-    inclusive_end: bool = True,
-    extra_environment: dict[str, str] | None = None,
+    options: WindowOptions | None = None,
     order: Order | str = Order.OLDEST,
 ) -> BackfillPlan:
     """The windows overlapping ``[start, end]`` (inclusive) in ``order``; raises CMLInputError."""
@@ -168,26 +167,44 @@ def plan_backfill(
         order = Order(order)
     except ValueError:
         raise CMLInputError(f"invalid order {order!r}: use 'oldest' or 'newest'") from None
-    cadence = parse_every(every, week_start=week_start, timezone=timezone)
-    rendering = make_rendering(
-        start_var=start_var,
-        end_var=end_var,
-        date_format=date_format,
-        inclusive_end=inclusive_end,
-        extra=extra_environment,
-    )
-    windows = windows_between(start, end, cadence)
+    options = options if options is not None else WindowOptions()
+    windows = windows_between(start, end, options.cadence)
     if order is Order.NEWEST:
         windows.reverse()
+    render = options.rendering.environment
     planned = [
-        PlannedWindow(window=w, key=window_key(job, w), environment=rendering.environment(w))
-        for w in windows
+        PlannedWindow(window=w, key=window_key(job, w), environment=render(w)) for w in windows
     ]
-    return BackfillPlan(job=job, cadence=cadence, windows=planned)
+    return BackfillPlan(job=job, cadence=options.cadence, windows=planned)
 
 
-def decide(record: WindowRecord | None, reprocess: Reprocess) -> tuple[Action, str]:
-    """Whether to start a window given its record, and why (shown in the UI and the report).
+def check_run_options(
+    *, max_concurrency: int, reprocess: str, follow: bool, scale_out: bool, poll_interval: float
+) -> Reprocess:
+    """Check how a backfill is to run (dry run or not: one check for both); the reprocess
+    mode, or a CMLInputError."""
+    if not 1 <= max_concurrency <= MAX_CONCURRENCY:
+        raise CMLInputError(f"max_concurrency must be 1..{MAX_CONCURRENCY}, got {max_concurrency}")
+    try:
+        mode = Reprocess(reprocess)
+    except ValueError:
+        raise CMLInputError(
+            f"invalid reprocess {reprocess!r}: use 'missing', 'failed' or 'all'"
+        ) from None
+    if follow and scale_out:
+        raise CMLInputError(
+            "follow=True runs in-process; with scale_out the window flow runs start them"
+        )
+    if not 0 < poll_interval < math.inf:
+        raise CMLInputError(f"poll_interval must be a positive number, got {poll_interval}")
+    return mode
+
+
+def decide(
+    status: WindowStatus | None, reprocess: Reprocess, detail: str = ""
+) -> tuple[Action, str]:
+    """Whether to start a window, given the status of its record (None: no record), and why
+    (shown in the UI and the report). `detail` says where the status comes from.
 
     A start that may have happened (`starting` left by a killed process, `outcome_unknown`) is
     never started again blindly: `UNKNOWN` means "ask CML first" (API v2: adopt the run if it
@@ -195,23 +212,67 @@ def decide(record: WindowRecord | None, reprocess: Reprocess) -> tuple[Action, s
     """
     if reprocess is Reprocess.ALL:
         return Action.START, "reprocess=all"
-    if record is None:
+    if status is None:
         if reprocess is Reprocess.FAILED:
             return Action.SKIP, "never started (reprocess=failed only re-runs failures)"
         return Action.START, "not started yet"
-    status = record.status
     if status in (WindowStatus.STARTING, WindowStatus.OUTCOME_UNKNOWN):
         return Action.UNKNOWN, (
-            f"a previous start's outcome is unknown (record '{status}', "
-            f"{record.updated_at:%Y-%m-%d %H:%M:%S} UTC): check the job's runs in CML; "
+            f"a previous start's outcome is unknown ({detail}): check the job's runs in CML; "
             "re-run it with reprocess=all if none started"
         )
     if status is WindowStatus.START_FAILED:
-        return Action.START, f"previous start failed: {record.error}"
+        return Action.START, f"previous start failed: {detail}"
     if status is WindowStatus.RUN_FAILED and reprocess is Reprocess.FAILED:
-        return Action.START, f"previous run failed: {record.error}"
-    engine = f" (engine {record.engine_id})" if record.engine_id else ""
-    return Action.SKIP, f"already {status.replace('_', ' ')}{engine}"
+        return Action.START, f"previous run failed: {detail}"
+    return Action.SKIP, f"already {status.replace('_', ' ')}" + (f" ({detail})" if detail else "")
+
+
+def decide_record(record: WindowRecord | None, reprocess: Reprocess) -> tuple[Action, str]:
+    """`decide` for a window's record."""
+    return decide(None if record is None else record.status, reprocess, _detail(record))
+
+
+def _detail(record: WindowRecord | None) -> str:
+    if record is None:
+        return ""
+    if record.status in (WindowStatus.STARTING, WindowStatus.OUTCOME_UNKNOWN):
+        return f"record '{record.status}', {record.updated_at:%Y-%m-%d %H:%M:%S} UTC"
+    if record.status in (WindowStatus.START_FAILED, WindowStatus.RUN_FAILED):
+        return record.error or ""
+    return f"engine {record.engine_id}" if record.engine_id else ""
+
+
+class WindowResult(StrEnum):
+    """What a backfill did with one window: a record's status, or one of these."""
+
+    PLANNED = "planned"
+    """Dry run: nothing was asked."""
+    SKIPPED = "skipped"
+    DISPATCHED = "dispatched"
+    """Scale-out: a flow run of the window deployment was created for it."""
+    STARTED = WindowStatus.STARTED.value
+    SUCCEEDED = WindowStatus.SUCCEEDED.value
+    START_FAILED = WindowStatus.START_FAILED.value
+    OUTCOME_UNKNOWN = WindowStatus.OUTCOME_UNKNOWN.value
+    RUN_FAILED = WindowStatus.RUN_FAILED.value
+    ERROR = "error"
+    """Anything else went wrong (a bug, Prefect trouble): see the error."""
+
+    @property
+    def failed(self) -> bool:
+        return self not in _NOT_FAILED
+
+
+_NOT_FAILED = frozenset(
+    {
+        WindowResult.PLANNED,
+        WindowResult.SKIPPED,
+        WindowResult.DISPATCHED,
+        WindowResult.STARTED,
+        WindowResult.SUCCEEDED,
+    }
+)
 
 
 class WindowOutcome(BaseModel):
@@ -223,8 +284,7 @@ class WindowOutcome(BaseModel):
     window_start: date
     window_end: date
     environment: dict[str, str]
-    result: str
-    """`planned`, `skipped`, `dispatched` (scale-out), a :class:`WindowStatus`, or `error`."""
+    result: WindowResult
     engine_id: str | None = None
     error: str | None = None
     reason: str | None = None
@@ -236,16 +296,12 @@ class WindowOutcome(BaseModel):
 
     @property
     def failed(self) -> bool:
-        return self.result not in (
-            "planned",
-            "skipped",
-            "dispatched",
-            WindowStatus.STARTED,
-            WindowStatus.SUCCEEDED,
-        )
+        return self.result.failed
 
     @classmethod
-    def of(cls, job: JobRef, planned: PlannedWindow, result: str, **fields: Any) -> WindowOutcome:
+    def of(
+        cls, job: JobRef, planned: PlannedWindow, result: WindowResult, **fields: Any
+    ) -> WindowOutcome:
         """The row of one planned window of `job`, with `result` and any further fields."""
         return cls(
             window=planned.label,
@@ -265,7 +321,7 @@ class BackfillReport(BaseModel):
     outcomes: list[WindowOutcome]
     dry_run: bool = False
 
-    def count(self, result: str) -> int:
+    def count(self, result: WindowResult | str) -> int:
         return sum(1 for o in self.outcomes if o.result == result)
 
     @property

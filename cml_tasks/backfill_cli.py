@@ -12,18 +12,31 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cml_tasks.backfill import BackfillReport, WindowOutcome, WindowStatus, plan_backfill
-from cml_tasks.errors import CMLError
+from cml_tasks.backfill import (
+    BackfillReport,
+    WindowOutcome,
+    WindowResult,
+    check_run_options,
+    plan_backfill,
+)
+from cml_tasks.errors import BackfillFailed, CMLError
 from cml_tasks.job import JobRef
 from cml_tasks.settings import CMLSettings
 
 
 def dry_run(job: str, start: date, end: date, options: dict[str, Any]) -> BackfillReport:
-    """The windows and environments a backfill would send: no Prefect, no request."""
-    ref = JobRef.parse(job)
-    ref = ref.with_host(None if ref.host else CMLSettings.load().host)
-    plan = plan_backfill(ref, start, end, **options)
-    outcomes = [WindowOutcome.of(ref, p, "planned") for p in plan.windows]
+    """The windows and environments a backfill would send: no Prefect, no request, but every
+    check a real run makes before its first request."""
+    check_run_options(
+        max_concurrency=options["max_concurrency"],
+        reprocess=options["reprocess"],
+        follow=options.get("follow", False),
+        scale_out=False,
+        poll_interval=options.get("poll_interval", 30.0),
+    )
+    ref = JobRef.parse(job).with_host(CMLSettings.load().host)
+    plan = plan_backfill(ref, start, end, options["options"], options["order"])
+    outcomes = [WindowOutcome.of(ref, p, WindowResult.PLANNED) for p in plan.windows]
     return BackfillReport(job_url=ref.page_url, outcomes=outcomes, dry_run=True)
 
 
@@ -33,7 +46,7 @@ def run(
     """Run the flow in this process; returns the report (or the outcomes seen) and the error."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from flows import backfill as backfill_flow
+    from cml_tasks.prefect.backfill import cml_backfill, observing
 
     seen: list[WindowOutcome] = []
     progress = Progress(
@@ -50,14 +63,8 @@ def run(
         seen.append(outcome)
         progress.update(bar, completed=done, total=total, description=_line(outcome))
 
-    backfill_flow._observers.append(observe)
-    try:
-        with progress:
-            state = backfill_flow.cml_backfill(
-                job=job, start=start, end=end, return_state=True, **options
-            )
-    finally:
-        backfill_flow._observers.remove(observe)
+    with observing(observe), progress:
+        state = cml_backfill(job=job, start=start, end=end, return_state=True, **options)
     value = state.result(raise_on_failure=False)
     if isinstance(value, BackfillReport):
         return value, None
@@ -97,9 +104,9 @@ def print_report(report: BackfillReport, *, as_json: bool) -> None:
 
 
 def has_unknown(report: BackfillReport) -> bool:
-    return any(o.result == WindowStatus.OUTCOME_UNKNOWN for o in report.outcomes)
+    return any(o.result is WindowResult.OUTCOME_UNKNOWN for o in report.outcomes)
 
 
 def is_input_error(error: BaseException) -> bool:
     """A CMLError raised before any window ran (bad input, settings)."""
-    return isinstance(error, CMLError) and type(error).__name__ != "BackfillFailed"
+    return isinstance(error, CMLError) and not isinstance(error, BackfillFailed)

@@ -28,6 +28,7 @@ from cml_tasks.settings import CMLSettings
 
 if TYPE_CHECKING:
     from cml_tasks.models import JobRun
+    from cml_tasks.window_options import WindowOptions
 
 
 class ExitCode(IntEnum):
@@ -297,6 +298,32 @@ ExtraOption = Annotated[
 ]
 
 
+def window_options(
+    every: str,
+    timezone: str,
+    week_start: str,
+    start_var: str,
+    end_var: str,
+    date_format: str,
+    exclusive_end: bool,
+    extra: list[str] | None,
+) -> WindowOptions:
+    """The window options of `windows` and `backfill`, from their flags."""
+    from cml_tasks.environment import parse_assignments
+    from cml_tasks.window_options import WindowOptions
+
+    return WindowOptions.checked(
+        every=every,
+        timezone=timezone,
+        week_start=week_start,
+        start_var=start_var,
+        end_var=end_var,
+        date_format=date_format,
+        inclusive_end=not exclusive_end,
+        extra_environment=parse_assignments(extra or []),
+    )
+
+
 @app.command()
 def windows(
     from_: FromOption,
@@ -312,21 +339,17 @@ def windows(
     as_json: JsonOption = False,
 ) -> None:
     """Print the calendar windows in a range and the environment each run would get."""
-    from cml_tasks.environment import parse_assignments
-    from cml_tasks.windows import make_rendering, parse_date, parse_every, windows_between
+    from cml_tasks.windows import parse_date, windows_between
 
     try:
-        cadence = parse_every(every, week_start=week_start, timezone=timezone)
-        rendering = make_rendering(
-            start_var=start_var,
-            end_var=end_var,
-            date_format=date_format,
-            inclusive_end=not exclusive_end,
-            extra=parse_assignments(extra or []),
+        options = window_options(
+            every, timezone, week_start, start_var, end_var, date_format, exclusive_end, extra
         )
-        found = windows_between(parse_date(from_), parse_date(to), cadence)
+        rendering = options.rendering
+        found = windows_between(parse_date(from_), parse_date(to), options.cadence)
     except CMLError as error:
         fail(error, as_json=as_json)
+    cadence = options.cadence
     if as_json:
         rows = [
             {
@@ -398,25 +421,20 @@ def backfill(
     (check CML before re-running; with CML_API_V2_KEY set the backfill asks CML itself).
     """
     from cml_tasks import backfill_cli
-    from cml_tasks.environment import parse_assignments
     from cml_tasks.windows import parse_date
 
     try:
         start, end = parse_date(from_), parse_date(to)
         options: dict[str, Any] = {
-            "every": every,
-            "timezone": timezone,
-            "week_start": week_start,
-            "start_var": start_var,
-            "end_var": end_var,
-            "date_format": date_format,
-            "inclusive_end": not exclusive_end,
-            "extra_environment": parse_assignments(extra or []) or None,
+            "options": window_options(
+                every, timezone, week_start, start_var, end_var, date_format, exclusive_end, extra
+            ),
             "order": "newest" if newest_first else "oldest",
+            "max_concurrency": max_concurrency,
+            "reprocess": reprocess,
         }
-        follow_options: dict[str, Any] = {}
         if follow:
-            follow_options = {
+            options |= {
                 "follow": True,
                 "poll_interval": parse_duration(poll),
                 "max_wait": parse_duration(timeout) if timeout else None,
@@ -431,7 +449,6 @@ def backfill(
     except ValueError as error:  # a duration
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
-    options |= {"max_concurrency": max_concurrency, "reprocess": reprocess, **follow_options}
     report, problem = backfill_cli.run(job, start, end, options, show_progress=not as_json)
     if isinstance(problem, CMLError) and backfill_cli.is_input_error(problem):
         fail(problem, as_json=as_json)

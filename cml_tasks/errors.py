@@ -135,3 +135,7 @@ class CMLWaitTimeout(CMLError):
         self.run = run
         self.stopped = stopped
         super().__init__(message, job_url=run.job.page_url)
+
+
+class BackfillFailed(CMLError):
+    """Some windows of a backfill failed; the message lists each with why."""

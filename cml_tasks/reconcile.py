@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TypeAlias, TypeVar
 
 from cml_tasks.client import AsyncCMLClient, CMLClient
 from cml_tasks.environment import validate_environment
@@ -21,6 +22,12 @@ from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun
 
 logger = logging.getLogger("cml_tasks.reconcile")
+Log: TypeAlias = logging.Logger | logging.LoggerAdapter[logging.Logger]
+"""Where adoptions and safe restarts are told: this module's logger, or a Prefect run logger."""
+T = TypeVar("T")
+
+SETTLE_SECONDS = 2.0
+"""After an unknown outcome, wait this long before asking CML, so a late run is listed."""
 
 CLOCK_SKEW = timedelta(minutes=2)
 """How far CML's clock (`created_at`) may be behind ours (`requested_at`)."""
@@ -63,7 +70,8 @@ def start_run(
     arguments: str | None = None,
     *,
     attempts: int = 3,
-    settle: float = 2.0,
+    settle: float = SETTLE_SECONDS,
+    log: Log = logger,
 ) -> JobRun:
     """Create a run (API v2); on an unknown outcome, adopt the run it made or start again.
 
@@ -71,12 +79,66 @@ def start_run(
     At most `attempts` starts; the last unknown outcome is raised if all were lost.
     """
     env = validate_environment(environment)
+    return _start_safely(
+        lambda: client.create_run(job, env, arguments),
+        lambda run: run,
+        client,
+        job,
+        env,
+        attempts=attempts,
+        settle=settle,
+        log=log,
+    )
+
+
+def start_v1_run(
+    client: CMLClient,
+    job: str | JobRef,
+    environment: Mapping[str, object] | None = None,
+    *,
+    reconcile: bool,
+    attempts: int = 3,
+    settle: float = SETTLE_SECONDS,
+    log: Log = logger,
+) -> str:
+    """The v1 start call; returns the engine id (= the API v2 run id).
+
+    With `reconcile` (the v2 key is set) an unknown outcome is resolved as `start_run` does;
+    without it, it is raised: only CML can tell whether the run exists.
+    """
+    env = validate_environment(environment)
+    if not reconcile:
+        return client.start(job, env).engine_id
+    return _start_safely(
+        lambda: client.start(job, env).engine_id,
+        lambda run: run.id,
+        client,
+        job,
+        env,
+        attempts=attempts,
+        settle=settle,
+        log=log,
+    )
+
+
+def _start_safely(
+    create: Callable[[], T],
+    adopt: Callable[[JobRun], T],
+    client: CMLClient,
+    job: str | JobRef,
+    env: dict[str, str],
+    *,
+    attempts: int,
+    settle: float,
+    log: Log,
+) -> T:
+    """The one adopt-or-start-again loop of every synchronous start."""
     attempt = 0
     while True:
         attempt += 1
         requested_at = datetime.now(UTC)
         try:
-            return client.create_run(job, env, arguments)
+            return create()
         except CMLOutcomeUnknown as unknown:
             time.sleep(settle)
             try:
@@ -84,8 +146,8 @@ def start_run(
             except CMLError as error:  # CML cannot be asked either: still unknown
                 raise unknown from error
             if found is not None:
-                return _adopted(found)
-            _retrying(unknown, attempt, attempts)
+                return adopt(_adopted(found, log))
+            _retrying(unknown, attempt, attempts, log)
 
 
 async def async_start_run(
@@ -95,7 +157,8 @@ async def async_start_run(
     arguments: str | None = None,
     *,
     attempts: int = 3,
-    settle: float = 2.0,
+    settle: float = SETTLE_SECONDS,
+    log: Log = logger,
 ) -> JobRun:
     """`start_run` for asyncio."""
     env = validate_environment(environment)
@@ -112,12 +175,12 @@ async def async_start_run(
             except CMLError as error:
                 raise unknown from error
             if found is not None:
-                return _adopted(found)
-            _retrying(unknown, attempt, attempts)
+                return _adopted(found, log)
+            _retrying(unknown, attempt, attempts, log)
 
 
-def _adopted(run: JobRun) -> JobRun:
-    logger.warning(
+def _adopted(run: JobRun, log: Log) -> JobRun:
+    log.warning(
         "The start's answer was lost, but CML created run %s of %s: adopting it (%s)",
         run.id,
         run.job.slug,
@@ -126,7 +189,7 @@ def _adopted(run: JobRun) -> JobRun:
     return run
 
 
-def _retrying(unknown: CMLOutcomeUnknown, attempt: int, attempts: int) -> None:
+def _retrying(unknown: CMLOutcomeUnknown, attempt: int, attempts: int, log: Log) -> None:
     if attempt >= attempts:
         raise unknown
-    logger.warning("CML did not create the run (%s); starting again, safely", unknown)
+    log.warning("CML did not create the run (%s); starting again, safely", unknown)

@@ -23,11 +23,11 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.utilities.templating import apply_values
 
-from flows.window_run import cml_window_run
+from cml_tasks.prefect.window_run import cml_window_run
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPOSITORY / "deployments" / "prefect.yaml"
-ENTRYPOINT = "flows/window_run.py:cml_window_run"
+ENTRYPOINT = "cml_tasks.prefect.window_run:cml_window_run"
 
 
 def window_deployments(

@@ -47,6 +47,16 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def no_retry_waits() -> Iterator[None]:
+    """Client retries as their policies say, but without waiting between tries."""
+    from cml_tasks import set_testing
+
+    set_testing(True)
+    yield
+    set_testing(False)
+
+
 @pytest.fixture(autouse=True)
 def _no_window_records_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Each test starts without backfill window records or locks. They are keyed by the job

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prefect import flow, serve
 
-from cml_tasks.tasks import run_cml_job
+from cml_tasks.prefect.tasks import run_cml_job
 
 
 @flow(name="follow-cml")
@@ -15,7 +15,7 @@ def follow_cml(job_url: str) -> None:
 
 
 if __name__ == "__main__":
-    from flows.backfill import cml_backfill
+    from cml_tasks.prefect.backfill import cml_backfill
 
     serve(
         follow_cml.to_deployment(name="cancel-e2e"),

@@ -13,21 +13,20 @@ from typing import Any
 
 import pytest
 
-from cml_tasks import RetryPolicy
 from cml_tasks.backfill import (
     Action,
     Reprocess,
     WindowRecord,
     WindowStatus,
-    decide,
+    decide_record,
     plan_backfill,
     window_key,
 )
-from cml_tasks.client import CMLClient
 from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator, Fault
 from cml_tasks.errors import CMLInputError
 from cml_tasks.job import JobRef
 from cml_tasks.settings import CMLSettings
+from cml_tasks.window_options import WindowOptions
 from cml_tasks.windows import Window
 
 JAN = date(2017, 1, 1)
@@ -43,7 +42,9 @@ def test_plan_windows_keys_and_order() -> None:
     assert plan.windows[2].environment == {"START_DATE": "2017-01-01", "END_DATE": "2017-01-31"}
     assert len({p.key for p in plan.windows}) == 3
     # The key is "this job, this window": rendering does not change it, the job and dates do.
-    other = plan_backfill(job, JAN, JAN, date_format="%Y%m%d", start_var="FROM", end_var="TO")
+    other = plan_backfill(
+        job, JAN, JAN, WindowOptions(date_format="%Y%m%d", start_var="FROM", end_var="TO")
+    )
     assert other.windows[0].key == plan.windows[2].key
     moved = JobRef.parse("https://other.example.com/alice/risk-analysis/jobs/208")
     assert window_key(moved, plan.windows[2].window) != plan.windows[2].key
@@ -87,24 +88,19 @@ def _record(status: WindowStatus) -> WindowRecord:
 )
 def test_decide(status: WindowStatus | None, missing: Action, failed: Action, all_: Action) -> None:
     record = None if status is None else _record(status)
-    assert decide(record, Reprocess.MISSING)[0] is missing
-    assert decide(record, Reprocess.FAILED)[0] is failed
-    assert decide(record, Reprocess.ALL)[0] is all_
+    assert decide_record(record, Reprocess.MISSING)[0] is missing
+    assert decide_record(record, Reprocess.FAILED)[0] is failed
+    assert decide_record(record, Reprocess.ALL)[0] is all_
 
 
 # --- the flow on the emulator ------------------------------------------------------------------
 
 
 @pytest.fixture
-def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+def emu(monkeypatch: pytest.MonkeyPatch, no_retry_waits: None) -> Iterator[Emulator]:
     """A fresh emulator (new port, so new record keys), the v1 key in the environment, and
-    client retries shortened so exhausting them takes milliseconds."""
+    no waits between client retries, so exhausting them takes milliseconds."""
     monkeypatch.setenv("CML_API_KEY", DEFAULT_V1_KEY)
-    fast = RetryPolicy(wait_initial=0.001, wait_max=0.01)
-    monkeypatch.setattr(
-        "cml_tasks.window_tasks.shared_client",
-        lambda settings: CMLClient(settings, retry=fast),
-    )
     with Emulator() as cml:
         yield cml
 
@@ -130,7 +126,7 @@ def _backfill(emu: Emulator, start: str, end: str, **options: Any) -> Any:
     locked", answered 503, which Prefect's client retries after ~2 s while its per-limit
     acquisition queue waits): tests of anything else pass `project_limit=0`.
     """
-    from flows.backfill import cml_backfill
+    from cml_tasks.prefect.backfill import cml_backfill
 
     options.setdefault("project_limit", 0)
     return cml_backfill(
@@ -212,7 +208,7 @@ def test_project_limit_bounds_across_backfills(emu: Emulator) -> None:
 def test_scheduled_runs_and_a_backfill_share_the_project_limit(emu: Emulator) -> None:
     """Scheduled window runs take the same project slot as a backfill's windows: running at
     the same time, together they never have more starts in flight than the limit."""
-    from flows.window_run import cml_window_run
+    from cml_tasks.prefect.window_run import cml_window_run
 
     _set_project_limit(1)
     emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=0.3))
@@ -264,7 +260,7 @@ def test_reprocess_failed_and_all(emu: Emulator) -> None:
 
 
 def test_outcome_unknown_is_reported_and_never_retried(emu: Emulator) -> None:
-    from cml_tasks.window_tasks import read_record, record_store
+    from cml_tasks.prefect.records import window_records
 
     # The 2nd start is created but its answer is lost; the 3rd gets a 502 (may have started).
     emu.inject(Fault(endpoint="v1.start", kind="lost_answer", calls=(2,)))
@@ -276,7 +272,7 @@ def test_outcome_unknown_is_reported_and_never_retried(emu: Emulator) -> None:
     plan = plan_backfill(
         JobRef.parse(emu.job_url("alice", "risk-analysis", "208")), JAN, date(2017, 4, 30)
     )
-    record = read_record(record_store(), plan.windows[1].key)
+    record = window_records().read(plan.windows[1].key)
     assert record is not None and record.status is WindowStatus.OUTCOME_UNKNOWN
 
     emu.clear_faults()
@@ -293,13 +289,13 @@ def test_unreadable_record_counts_as_unknown_and_is_resolved_through_v2(
     """A record whose writer was killed mid-write (an empty file) may hide a started run."""
     from pathlib import Path
 
-    from cml_tasks.window_tasks import record_store
+    from cml_tasks.prefect.records import window_records
 
     _backfill(emu, "2017-01-01", "2017-02-28")
     plan = plan_backfill(
         JobRef.parse(emu.job_url("alice", "risk-analysis", "208")), JAN, date(2017, 3, 31)
     )
-    basepath = Path(record_store().result_storage.basepath).expanduser()
+    basepath = Path(window_records().store.result_storage.basepath).expanduser()
     # January's `started` record torn after its run started; March's `starting` before any.
     for window in (plan.windows[0], plan.windows[2]):
         (basepath / window.key).write_bytes(b"")
@@ -318,10 +314,10 @@ def test_unreadable_record_counts_as_unknown_and_is_resolved_through_v2(
 
 
 def test_records_hold_no_secret(emu: Emulator) -> None:
-    from cml_tasks.window_tasks import record_store
+    from cml_tasks.prefect.records import window_records
 
     _backfill(emu, "2017-01-01", "2017-01-31")
-    storage = record_store().result_storage
+    storage = window_records().store.result_storage
     basepath = getattr(storage, "basepath", None)
     assert basepath is not None
     from pathlib import Path
@@ -332,7 +328,11 @@ def test_records_hold_no_secret(emu: Emulator) -> None:
 
 
 def test_bad_parameters_fail_before_any_request(emu: Emulator) -> None:
-    for options in ({"reprocess": "some"}, {"max_concurrency": 0}, {"every": "fortnight"}):
+    for options in (
+        {"reprocess": "some"},
+        {"max_concurrency": 0},
+        {"options": {"every": "fortnight"}},
+    ):
         state = _backfill(emu, "2017-01-01", "2017-02-28", **options)
         assert state.is_failed()
     assert emu.requests() == []
@@ -342,7 +342,7 @@ def test_settings_used_for_a_job_without_host(
     emu: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CML_HOST", emu.url)
-    from flows.backfill import cml_backfill
+    from cml_tasks.prefect.backfill import cml_backfill
 
     state = cml_backfill(job="alice/risk-analysis/208", start=JAN, end=JAN, return_state=True)
     assert state.is_completed()

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from cml_tasks import RetryPolicy
 from cml_tasks.backfill import WindowStatus, plan_backfill
 from cml_tasks.cli import ExitCode, app
 from cml_tasks.client import CMLClient
@@ -29,18 +28,13 @@ LIMIT = "cml-project:alice:risk-analysis"
 
 
 @pytest.fixture
-def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+def emu(monkeypatch: pytest.MonkeyPatch, no_retry_waits: None) -> Iterator[Emulator]:
     """An emulator whose runs last about a second (job 208: 0.3 s to start, 0.7 s running),
     both keys set, fast client retries, and a fresh shared poller."""
-    from cml_tasks import tasks, window_tasks
+    from cml_tasks.prefect import tasks
 
     monkeypatch.setenv("CML_API_KEY", DEFAULT_V1_KEY)
     monkeypatch.setenv("CML_API_V2_KEY", DEFAULT_V2_KEY)
-    fast = RetryPolicy(wait_initial=0.001, wait_max=0.01)
-    for module in (tasks, window_tasks):
-        monkeypatch.setattr(
-            module, "shared_client", lambda settings: CMLClient(settings, retry=fast)
-        )
     tasks.shared_poller.cache_clear()
     with Emulator(default_config(time_scale=0.7)) as cml:
         yield cml
@@ -60,7 +54,7 @@ def _set_project_limit(size: int) -> None:
 
 
 def _backfill(emu: Emulator, start: str, end: str, job: str = "208", **options: Any) -> Any:
-    from flows.backfill import cml_backfill
+    from cml_tasks.prefect.backfill import cml_backfill
 
     options.setdefault("poll_interval", POLL)
     options.setdefault("project_limit", 0)  # slots are slow on SQLite: only where tested
@@ -102,11 +96,11 @@ def _most_active_at_once(runs: list[JobRun]) -> int:
 
 
 def _records(emu: Emulator, start: date, end: date) -> list[Any]:
-    from cml_tasks.window_tasks import read_record, record_store
+    from cml_tasks.prefect.records import window_records
 
     job = JobRef.parse(emu.job_url("alice", "risk-analysis", "208"))
-    store = record_store()
-    return [read_record(store, p.key) for p in plan_backfill(job, start, end).windows]
+    records = window_records()
+    return [records.read(p.key) for p in plan_backfill(job, start, end).windows]
 
 
 def test_every_window_succeeds_through_v2(emu: Emulator) -> None:

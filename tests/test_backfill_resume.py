@@ -55,7 +55,7 @@ def _backfill_process(url: str) -> subprocess.Popen[bytes]:
 
     script = (
         "import datetime as d\n"
-        "from flows.backfill import cml_backfill\n"
+        "from cml_tasks.prefect.backfill import cml_backfill\n"
         f"cml_backfill(job={url!r}, start=d.date(2017, 1, 1), end=d.date(2017, 12, 31),"
         " max_concurrency=2)\n"
     )
@@ -71,13 +71,12 @@ def _backfill_process(url: str) -> subprocess.Popen[bytes]:
 
 def _statuses(url: str) -> dict[str, WindowStatus | None]:
     """What each window's record says now (not waiting for a backfill holding its lock)."""
-    from cml_tasks.window_tasks import peek_record, record_store
+    from cml_tasks.prefect.records import window_records
 
     plan = plan_backfill(JobRef.parse(url), date(2017, 1, 1), date(2017, 12, 31))
-    store = record_store()
+    records = window_records()
     return {
-        p.label: r.status if (r := peek_record(store, p.key)) is not None else None
-        for p in plan.windows
+        p.label: r.status if (r := records.peek(p.key)) is not None else None for p in plan.windows
     }
 
 
@@ -86,7 +85,7 @@ def _statuses(url: str) -> dict[str, WindowStatus | None]:
 def test_killed_backfill_resumes_each_window_exactly_once(
     emu: Emulator, monkeypatch: pytest.MonkeyPatch, v2_key: bool
 ) -> None:
-    from flows.backfill import cml_backfill
+    from cml_tasks.prefect.backfill import cml_backfill
 
     url = emu.job_url("alice", "risk-analysis", "208")
     _statuses(url)  # resolve the record store now, not while the slow starts are in flight
@@ -136,18 +135,8 @@ def test_killed_backfill_resumes_each_window_exactly_once(
             assert "CML_API_V2_KEY" in str(state.message)
 
 
-@pytest.fixture
-def fast_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cml_tasks import CMLClient, RetryPolicy
-
-    fast = RetryPolicy(wait_initial=0.001, wait_max=0.01)
-    monkeypatch.setattr(
-        "cml_tasks.window_tasks.shared_client", lambda settings: CMLClient(settings, retry=fast)
-    )
-
-
 def _run_backfill(url: str, **options: object) -> Any:
-    from flows.backfill import cml_backfill
+    from cml_tasks.prefect.backfill import cml_backfill
 
     return cml_backfill(
         job=url,
@@ -160,7 +149,7 @@ def _run_backfill(url: str, **options: object) -> Any:
     )
 
 
-@pytest.mark.usefixtures("prefect_api", "fast_client")
+@pytest.mark.usefixtures("prefect_api", "no_retry_waits")
 def test_lost_answer_is_adopted_with_the_v2_key(
     emu: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,7 +168,7 @@ def test_lost_answer_is_adopted_with_the_v2_key(
     assert {o.engine_id for o in report.outcomes} == {r["id"] for r in emu.runs()}
 
 
-@pytest.mark.usefixtures("prefect_api", "fast_client")
+@pytest.mark.usefixtures("prefect_api", "no_retry_waits")
 def test_unknown_records_are_resolved_by_a_rerun_with_the_v2_key(
     emu: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,7 +28,7 @@ def cml() -> Iterator[Emulator]:
 
 
 def _backfill(server: PrefectServer, url: str, end: date) -> Any:
-    from flows.backfill import cml_backfill
+    from cml_tasks.prefect.backfill import cml_backfill
 
     with server.as_current_api():
         return cml_backfill(

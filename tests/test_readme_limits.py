@@ -16,7 +16,7 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 def test_resizing_the_project_limit_as_documented(prefect_server: PrefectServer) -> None:
     from prefect.client.orchestration import get_client
 
-    from cml_tasks.window_tasks import ensure_project_limit
+    from cml_tasks.prefect.project_limit import ensure_project_limit
 
     [command] = re.findall(r"`(prefect global-concurrency-limit update [^`]+)`", README)
     job = JobRef.from_url("https://ml.example.com/alice/risk-analysis/jobs/208")

@@ -18,7 +18,7 @@ from cml_tasks.emulator import (
 )
 from cml_tasks.errors import CMLRunFailed, CMLRunTimedOut, CMLWaitTimeout
 from cml_tasks.models import JobRun, RunStatus
-from cml_tasks.tasks import arun_cml_job, follow_cml_run, run_cml_job, start_cml_job
+from cml_tasks.prefect.tasks import arun_cml_job, follow_cml_run, run_cml_job, start_cml_job
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 SETTINGS = CMLSettings.load(host=None, api_key=DEFAULT_V1_KEY, api_v2_key=DEFAULT_V2_KEY)
@@ -70,7 +70,7 @@ def test_stopped_run_is_cancelled(cml: Emulator) -> None:
     def stopped() -> object:
         started = start_cml_job(cml.job_url("alice", "risk-analysis", "211"), credentials=SETTINGS)
         assert isinstance(started, StartedRun)
-        from cml_tasks.tasks import shared_client
+        from cml_tasks.prefect.tasks import shared_client
 
         shared_client(SETTINGS).stop_run(started.job, started.engine_id)
         state = follow_cml_run(started.job, started.engine_id, SETTINGS, 0.05, return_state=True)

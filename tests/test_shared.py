@@ -34,7 +34,7 @@ def test_concurrent_first_calls_build_one_object() -> None:
 def test_pickled_by_reference_as_prefect_does_for_served_flows() -> None:
     import cloudpickle
 
-    from cml_tasks.tasks import run_cml_job, shared_client
+    from cml_tasks.prefect.tasks import run_cml_job, shared_client
 
     assert pickle.loads(pickle.dumps(shared_client)) is shared_client
     assert pickle.loads(cloudpickle.dumps(run_cml_job)) is not None

@@ -49,7 +49,7 @@ def test_task_is_named_after_job_and_window_and_logs_the_run(cml: Emulator) -> N
     from prefect.logging.handlers import APILogHandler
     from prefect.runtime import flow_run
 
-    from cml_tasks.tasks import start_cml_job
+    from cml_tasks.prefect.tasks import start_cml_job
 
     url = cml.job_url("alice", "risk-analysis", "208")
     settings = CMLSettings.load(_env_file=None, api_key=DEFAULT_V1_KEY)
@@ -74,7 +74,7 @@ def test_task_defaults_to_settings_from_environment(
 ) -> None:
     from prefect import flow
 
-    from cml_tasks.tasks import start_cml_job
+    from cml_tasks.prefect.tasks import start_cml_job
 
     monkeypatch.setenv("CML_API_KEY", DEFAULT_V1_KEY)
     monkeypatch.setenv("CML_HOST", cml.url)
@@ -90,8 +90,8 @@ def test_credentials_block_round_trip_hides_the_key(cml: Emulator) -> None:
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from cml_tasks.blocks import CMLCredentials
-    from cml_tasks.tasks import start_cml_job
+    from cml_tasks.prefect.blocks import CMLCredentials
+    from cml_tasks.prefect.tasks import start_cml_job
 
     CMLCredentials(host=cml.url, api_key=DEFAULT_V1_KEY).save("emulator", overwrite=True)
     block = CMLCredentials.load("emulator")
@@ -117,7 +117,7 @@ def test_failed_start_fails_the_task_with_a_typed_error(cml: Emulator) -> None:
     from prefect import flow
 
     from cml_tasks import CMLNotFoundError
-    from cml_tasks.tasks import start_cml_job
+    from cml_tasks.prefect.tasks import start_cml_job
 
     settings = CMLSettings.load(_env_file=None, api_key=DEFAULT_V1_KEY)
 

@@ -12,7 +12,9 @@ import pytest
 
 from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
 from cml_tasks.errors import CMLConfigError, CMLInputError
-from flows.window_run import cml_window_run, plan_window_run
+from cml_tasks.prefect.window_run import cml_window_run
+from cml_tasks.window_options import WindowOptions
+from cml_tasks.window_plan import plan_window_run
 
 BERLIN = ZoneInfo("Europe/Berlin")
 JOB = "https://cml.example.com/alice/risk-analysis/jobs/208"
@@ -24,7 +26,9 @@ JANUARY = {"START_DATE": "2017-01-01", "END_DATE": "2017-01-31"}
 
 def test_plan_from_scheduled_time_in_berlin() -> None:
     plan = plan_window_run(
-        JOB, timezone="Europe/Berlin", scheduled_for=datetime(2017, 2, 1, 2, tzinfo=BERLIN)
+        JOB,
+        WindowOptions(timezone="Europe/Berlin"),
+        scheduled_for=datetime(2017, 2, 1, 2, tzinfo=BERLIN),
     )
     assert plan.environment == JANUARY
     assert plan.run_name == "risk-analysis/208 2017-01"
@@ -33,8 +37,8 @@ def test_plan_from_scheduled_time_in_berlin() -> None:
 def test_plan_reads_the_scheduled_time_in_the_cadence_zone() -> None:
     # 00:30 on 1 Feb in Berlin is still 31 Jan in UTC: the zone decides which month just ended.
     scheduled = datetime(2017, 2, 1, 0, 30, tzinfo=BERLIN)
-    berlin = plan_window_run(JOB, timezone="Europe/Berlin", scheduled_for=scheduled)
-    utc = plan_window_run(JOB, timezone="UTC", scheduled_for=scheduled)
+    berlin = plan_window_run(JOB, WindowOptions(timezone="Europe/Berlin"), scheduled_for=scheduled)
+    utc = plan_window_run(JOB, WindowOptions(timezone="UTC"), scheduled_for=scheduled)
     assert berlin.window.label == "2017-01"
     assert utc.window.label == "2016-12"
 
@@ -42,14 +46,16 @@ def test_plan_reads_the_scheduled_time_in_the_cadence_zone() -> None:
 def test_plan_options() -> None:
     plan = plan_window_run(
         "https://cml.example.com/alice/risk-analysis/jobs/208",
-        every="week",
-        week_start="sunday",
+        WindowOptions(
+            every="week",
+            week_start="sunday",
+            start_var="FROM",
+            end_var="UNTIL",
+            date_format="%Y%m%d",
+            inclusive_end=False,
+            extra_environment={"MODE": "full"},
+        ),
         lag=0,
-        start_var="FROM",
-        end_var="UNTIL",
-        date_format="%Y%m%d",
-        inclusive_end=False,
-        extra_environment={"MODE": "full"},
         scheduled_for=datetime(2017, 1, 4, 12, tzinfo=ZoneInfo("UTC")),
     )
     assert plan.environment == {"FROM": "20170101", "UNTIL": "20170108", "MODE": "full"}
@@ -61,7 +67,10 @@ def test_explicit_window_is_one_window_of_the_cadence() -> None:
     assert plan.environment == JANUARY
     assert plan.scheduled_for is None
     quarter = plan_window_run(
-        JOB, every="quarter", window_start=date(2017, 4, 1), window_end=date(2017, 6, 30)
+        JOB,
+        WindowOptions(every="quarter"),
+        window_start=date(2017, 4, 1),
+        window_end=date(2017, 6, 30),
     )
     assert quarter.run_name == "risk-analysis/208 2017-Q2"
 
@@ -94,8 +103,11 @@ def test_plan_rejects_bad_input(options: dict[str, Any], fragment: str) -> None:
         "scheduled_for": datetime(2017, 2, 1, tzinfo=ZoneInfo("UTC")),
     }
     arguments.update(options)
+    window_options = {
+        k: arguments.pop(k) for k in list(arguments) if k in WindowOptions.model_fields
+    }
     with pytest.raises(CMLInputError, match=fragment.replace(".", r"\.").replace("(", r"\(")):
-        plan_window_run(**arguments)
+        plan_window_run(**arguments, options=WindowOptions.checked(**window_options))
 
 
 # --- the flow, on the session's Prefect API and a real emulator ---
@@ -155,7 +167,8 @@ def _artifact_for(flow_run_id: Any) -> Any:
 def test_scheduled_run_sends_the_month_that_ended(cml: Emulator, job_url: str) -> None:
     before = len(cml.runs())
     run, flow_run = _run_scheduled(
-        datetime(2017, 2, 1, 2, tzinfo=BERLIN), {"job": job_url, "timezone": "Europe/Berlin"}
+        datetime(2017, 2, 1, 2, tzinfo=BERLIN),
+        {"job": job_url, "options": {"timezone": "Europe/Berlin"}},
     )
     records = cml.runs()[before:]
     assert [r["environment"] for r in records] == [JANUARY]
@@ -177,7 +190,8 @@ def test_late_run_still_sends_its_scheduled_window(cml: Emulator, job_url: str) 
     # Scheduled for 1 March 2017 and executed years later: February, not last month.
     before = len(cml.runs())
     _, flow_run = _run_scheduled(
-        datetime(2017, 3, 1, 2, tzinfo=BERLIN), {"job": job_url, "timezone": "Europe/Berlin"}
+        datetime(2017, 3, 1, 2, tzinfo=BERLIN),
+        {"job": job_url, "options": {"timezone": "Europe/Berlin"}},
     )
     assert [r["environment"] for r in cml.runs()[before:]] == [
         {"START_DATE": "2017-02-01", "END_DATE": "2017-02-28"}
@@ -195,7 +209,7 @@ def test_retried_run_keeps_its_window(
     # The first attempt fails (no API key), before any request; then retried "now", as the
     # UI's Retry does: still January, the window of its schedule.
     monkeypatch.delenv("CML_API_KEY")
-    parameters = {"job": job_url, "timezone": "Europe/Berlin"}
+    parameters = {"job": job_url, "options": {"timezone": "Europe/Berlin"}}
     before = len(cml.runs())
     flow_run = _schedule(datetime(2017, 2, 1, 2, tzinfo=BERLIN), parameters)
     with pytest.raises(CMLConfigError):
@@ -217,10 +231,9 @@ def test_explicit_window_with_extras(cml: Emulator, job_url: str) -> None:
     before = len(cml.runs())
     run = cml_window_run(
         job=job_url,
-        every="quarter",
+        options=WindowOptions(every="quarter", extra_environment={"MODE": "rerun"}),
         window_start=date(2016, 10, 1),
         window_end=date(2016, 12, 31),
-        extra_environment={"MODE": "rerun"},
     )
     expected = {"START_DATE": "2016-10-01", "END_DATE": "2016-12-31", "MODE": "rerun"}
     assert [r["environment"] for r in cml.runs()[before:]] == [expected]
@@ -231,7 +244,7 @@ def test_explicit_window_with_extras(cml: Emulator, job_url: str) -> None:
 def test_credentials_from_a_block(
     cml: Emulator, job_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cml_tasks.blocks import CMLCredentials
+    from cml_tasks.prefect.blocks import CMLCredentials
 
     monkeypatch.delenv("CML_API_KEY")
     CMLCredentials(api_key=DEFAULT_V1_KEY).save("window-flow-test", overwrite=True)
@@ -248,8 +261,8 @@ def test_credentials_from_a_block(
     "options",
     [
         {"job": "alice/risk-analysis"},
-        {"every": "fortnightly"},
-        {"timezone": "Mars/Olympus"},
+        {"options": {"every": "fortnightly"}},
+        {"options": {"timezone": "Mars/Olympus"}},
         {"window_start": date(2017, 1, 15)},
     ],
 )
@@ -270,13 +283,14 @@ def test_bad_input_fails_before_any_request(
 
 @pytest.mark.usefixtures("prefect_api")
 def test_scheduled_run_of_a_backfilled_window_starts_nothing(cml: Emulator, job_url: str) -> None:
-    from flows.backfill import cml_backfill
+    from cml_tasks.prefect.backfill import cml_backfill
 
     backfill = cml_backfill(job=job_url, start=date(2017, 1, 1), end=date(2017, 3, 31))
     (january,) = [o for o in backfill.outcomes if o.window == "2017-01"]
     before = len(cml.runs())
     run, flow_run = _run_scheduled(
-        datetime(2017, 2, 1, 2, tzinfo=BERLIN), {"job": job_url, "timezone": "Europe/Berlin"}
+        datetime(2017, 2, 1, 2, tzinfo=BERLIN),
+        {"job": job_url, "options": {"timezone": "Europe/Berlin"}},
     )
     assert len(cml.runs()) == before == 3  # nothing started
     assert flow_run.state.is_completed()
@@ -289,10 +303,11 @@ def test_scheduled_run_of_a_backfilled_window_starts_nothing(cml: Emulator, job_
 
 @pytest.mark.usefixtures("prefect_api")
 def test_backfill_skips_a_window_its_schedule_started(cml: Emulator, job_url: str) -> None:
-    from flows.backfill import cml_backfill
+    from cml_tasks.prefect.backfill import cml_backfill
 
     run, _ = _run_scheduled(
-        datetime(2017, 3, 1, 2, tzinfo=BERLIN), {"job": job_url, "timezone": "Europe/Berlin"}
+        datetime(2017, 3, 1, 2, tzinfo=BERLIN),
+        {"job": job_url, "options": {"timezone": "Europe/Berlin"}},
     )
     report = cml_backfill(job=job_url, start=date(2017, 1, 1), end=date(2017, 3, 31))
     assert [o.result for o in report.outcomes] == ["started", "skipped", "started"]

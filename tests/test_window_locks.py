@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from cml_tasks.window_tasks import TORN_LOCK_SECONDS, _WindowLocks
+from cml_tasks.prefect._adapter import TORN_LOCK_SECONDS, DeadHolderAwareLocks
 
 KEY = "cml-backfill-window"
 
 
-def _lock_file(locks: _WindowLocks, content: bytes) -> Path:
+def _lock_file(locks: DeadHolderAwareLocks, content: bytes) -> Path:
     path = Path(locks._lock_path_for_key(KEY))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
@@ -26,12 +26,12 @@ def _holder(pid: int) -> bytes:
     return f'{{"holder": "{socket.gethostname()}:{pid}:x", "expiration": null}}'.encode()
 
 
-def _acquire(locks: _WindowLocks, timeout: float) -> bool:
+def _acquire(locks: DeadHolderAwareLocks, timeout: float) -> bool:
     return locks.acquire_lock(KEY, "me", acquire_timeout=timeout, hold_timeout=60)
 
 
 def test_lock_of_a_live_holder_is_held(tmp_path: Path) -> None:
-    locks = _WindowLocks(tmp_path)
+    locks = DeadHolderAwareLocks(tmp_path)
     _lock_file(locks, _holder(os.getpid()))
     assert not _acquire(locks, timeout=0.3)
 
@@ -43,20 +43,20 @@ def test_lock_of_a_dead_process_is_free_at_once(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    locks = _WindowLocks(tmp_path)
+    locks = DeadHolderAwareLocks(tmp_path)
     _lock_file(locks, _holder(int(finished.stdout)))
     assert _acquire(locks, timeout=0.3)
     assert locks.is_lock_holder(KEY, "me")
 
 
 def test_lock_file_being_written_is_held(tmp_path: Path) -> None:
-    locks = _WindowLocks(tmp_path)
+    locks = DeadHolderAwareLocks(tmp_path)
     _lock_file(locks, b"")
     assert not _acquire(locks, timeout=0.3)
 
 
 def test_lock_file_left_empty_by_a_killed_holder_frees_itself(tmp_path: Path) -> None:
-    locks = _WindowLocks(tmp_path)
+    locks = DeadHolderAwareLocks(tmp_path)
     path = _lock_file(locks, b"")
     then = time.time() - TORN_LOCK_SECONDS - 1
     os.utime(path, (then, then))

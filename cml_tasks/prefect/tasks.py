@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from prefect import State, get_run_logger, task
@@ -10,12 +9,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Completed
 
 from cml_tasks._shared import shared
-from cml_tasks.blocks import CMLCredentials
 from cml_tasks.client import AsyncCMLClient, CMLClient
-from cml_tasks.errors import CMLInputError
-from cml_tasks.events import emit_run_event
 from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun, RunStatus, StartedRun
+from cml_tasks.prefect._adapter import cancel_requested
+from cml_tasks.prefect.blocks import CMLCredentials
+from cml_tasks.prefect.events import emit_run_event
+from cml_tasks.prefect.naming import job_slug, window_text
 from cml_tasks.reconcile import async_start_run, start_run
 from cml_tasks.settings import CMLSettings
 from cml_tasks.waiting import RunPoller, async_wait_for_run, raise_for_status
@@ -32,22 +32,6 @@ def resolve_settings(credentials: CMLCredentials | CMLSettings | None) -> CMLSet
 def shared_client(settings: CMLSettings) -> CMLClient:
     """One pooled client per settings, shared by every task run of this process."""
     return CMLClient(settings)
-
-
-def window_text(environment: Mapping[str, str] | None) -> str:
-    """`2017-01-01..2017-01-31` from START_DATE/END_DATE, or empty."""
-    env = environment or {}
-    if "START_DATE" in env and "END_DATE" in env:
-        return f"{env['START_DATE']}..{env['END_DATE']}"
-    return ""
-
-
-def job_slug(job: object) -> str:
-    """`risk-analysis/208`, or the text as given when it does not parse (naming must not fail)."""
-    try:
-        return JobRef.parse(job).slug  # type: ignore[arg-type]
-    except (CMLInputError, AttributeError, TypeError):
-        return str(job)
 
 
 def _start_run_name(parameters: dict[str, Any]) -> str:
@@ -85,21 +69,6 @@ def shared_poller(settings: CMLSettings, poll_interval: float) -> RunPoller:
     return RunPoller(shared_client(settings), poll_interval=poll_interval)
 
 
-def flow_run_cancelling() -> bool:
-    """True once Prefect's runner has told this process it is cancelling the flow run.
-
-    The runner (`serve`, process worker) sends the intent over its control channel just
-    before SIGTERM; the SIGTERM reaches only the main thread, so task runs in worker threads
-    read the intent instead. (Prefect-internal API: absent, it reads False and the
-    interrupt handling in the waiter remains.)
-    """
-    try:
-        from prefect._internal.control_listener import get_intent
-    except ImportError:  # pragma: no cover - another Prefect version
-        return False
-    return get_intent() == "cancel"
-
-
 def final_state(run: JobRun) -> JobRun | State[JobRun]:
     """The Prefect outcome of a terminal run; emits its event and logs it.
 
@@ -127,13 +96,14 @@ def _follow_run_name(parameters: dict[str, Any]) -> str:
     return f"follow {job_slug(parameters['job'])} run {parameters['run_id']}"
 
 
-def _started(run: JobRun) -> None:
+def log_started(run: JobRun) -> None:
+    """Log the run's page URL as soon as it exists, and emit its `cml.run.started` event."""
     get_run_logger().info("Started CML run %s of %s: %s", run.id, run.job.slug, run.page_url)
     emit_run_event(run)
 
 
 def _log_change(run: JobRun) -> None:
-    get_run_logger().info("CML run %s is %s: %s", run.id, run.status.short, run.page_url)
+    get_run_logger().info("CML run %s is now %s: %s", run.id, run.status.short, run.page_url)
 
 
 @task(name="run-cml-job", task_run_name=_run_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]
@@ -156,8 +126,9 @@ def run_cml_job(
     settings = resolve_settings(credentials)
     client = shared_client(settings)
     run = start_run(client, job, environment, arguments)
-    _started(run)
-    return _follow_to_end(settings, run, poll_interval, max_wait, stop_on_timeout)
+    log_started(run)
+    done = follow_to_end(settings, run, poll_interval, max_wait, stop_on_timeout)
+    return final_state(done)  # type: ignore[return-value]
 
 
 @task(name="follow-cml-run", task_run_name=_follow_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]
@@ -172,25 +143,26 @@ def follow_cml_run(
     """Follow a run started elsewhere (e.g. the engine id of `start_cml_job`) to the end."""
     settings = resolve_settings(credentials)
     run = shared_client(settings).get_run(job, run_id)
-    return _follow_to_end(settings, run, poll_interval, max_wait, stop_on_timeout)
+    done = follow_to_end(settings, run, poll_interval, max_wait, stop_on_timeout)
+    return final_state(done)  # type: ignore[return-value]
 
 
-def _follow_to_end(
+def follow_to_end(
     settings: CMLSettings,
     run: JobRun,
     poll_interval: float,
     max_wait: float | None,
-    stop_on_timeout: bool,
+    stop_on_timeout: bool = True,
 ) -> JobRun:
-    """Wait through the process's shared poller; the Prefect outcome of how the run ended."""
-    done = shared_poller(settings, poll_interval).wait(
+    """Wait through the process's shared poller for the run's terminal state, logging each
+    change; cancelling the flow run, an interrupt or `max_wait` stop the CML run."""
+    return shared_poller(settings, poll_interval).wait(
         run,
         max_wait=max_wait,
         stop_on_timeout=stop_on_timeout,
         on_change=_log_change,
-        should_cancel=flow_run_cancelling,
+        should_cancel=cancel_requested,
     )
-    return final_state(done)  # type: ignore[return-value]
 
 
 @task(name="run-cml-job", task_run_name=_run_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]
@@ -207,7 +179,7 @@ async def arun_cml_job(
     """`run_cml_job` for async flows (one GET per poll; cancelling the task stops the run)."""
     async with AsyncCMLClient(resolve_settings(credentials)) as client:
         run = await async_start_run(client, job, environment, arguments)
-        _started(run)
+        log_started(run)
         done = await async_wait_for_run(
             client,
             run,
@@ -215,6 +187,6 @@ async def arun_cml_job(
             max_wait=max_wait,
             stop_on_timeout=stop_on_timeout,
             on_change=_log_change,
-            should_cancel=flow_run_cancelling,
+            should_cancel=cancel_requested,
         )
     return final_state(done)  # type: ignore[return-value]

@@ -1,10 +1,10 @@
 """`cml-backfill`: run a CML job once for every window of a date range, each exactly once.
 
-In-process mode (default): one task run per window (`cml_tasks.window_tasks.backfill_window`),
-at most `max_concurrency` in flight, each holding a slot of the project's global concurrency
-limit while its start is in flight. Scale-out mode: one flow run of the `cml-window-run`
-deployment per window (`run_deployment`, idempotency key per window, `timeout=0`), executed by
-the deployment's workers and bounded by its concurrency limit.
+In-process mode (default): one task run per window (`window_task.start_window`), at most
+`max_concurrency` in flight, each holding a slot of the project's global concurrency limit
+while its start is in flight. Scale-out mode: one flow run of the `cml-window-run` deployment
+per window (`run_deployment`, idempotency key per window, `timeout=0`), executed by the
+deployment's workers and bounded by its concurrency limit.
 
 Either way a second backfill over an overlapping range starts only the windows not started
 yet, and a killed backfill resumes where it stopped.
@@ -12,8 +12,8 @@ yet, and a killed backfill resumes where it stopped.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from typing import Any
 from uuid import UUID
@@ -24,61 +24,64 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.objects import FlowRun
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cml_tasks.backfill import (
     KEY_PREFIX,
+    MAX_CONCURRENCY,
     Action,
     BackfillPlan,
     BackfillReport,
     PlannedWindow,
     Reprocess,
     WindowOutcome,
+    WindowResult,
     WindowStatus,
+    check_run_options,
+    decide,
     plan_backfill,
 )
 from cml_tasks.errors import (
+    BackfillFailed,
     CMLError,
-    CMLInputError,
     CMLOutcomeUnknown,
     CMLRunError,
     CMLWaitCancelled,
     CMLWaitTimeout,
 )
 from cml_tasks.job import JobRef
+from cml_tasks.prefect.blocks import load_credentials
+from cml_tasks.prefect.naming import artifact_key, job_slug
+from cml_tasks.prefect.project_limit import DEFAULT_PROJECT_LIMIT, ensure_project_limit
+from cml_tasks.prefect.tasks import resolve_settings
+from cml_tasks.prefect.window_run import OUTCOME_UNKNOWN_STATE
+from cml_tasks.prefect.window_task import start_window
 from cml_tasks.settings import CMLSettings
-from cml_tasks.tasks import job_slug, resolve_settings
-from cml_tasks.window_tasks import (
-    DEFAULT_PROJECT_LIMIT,
-    backfill_window,
-    can_reconcile,
-    ensure_project_limit,
-)
-from flows.window_run import _load_credentials
-
-MAX_CONCURRENCY = 64
-"""Upper bound of `max_concurrency`: the flow's thread pool has this many workers."""
+from cml_tasks.window_options import WindowOptions
 
 Observer = Callable[[WindowOutcome, int, int], None]
+"""Told of each finished window: (outcome, windows done, windows in all)."""
 _observers: list[Observer] = []
-"""In-process listeners (the CLI's progress bar): called with (outcome, done, total)."""
 
 
-class BackfillFailed(CMLError):
-    """Some windows failed; the message lists each with why."""
+@contextmanager
+def observing(observer: Observer) -> Iterator[None]:
+    """Tell `observer` of every window that backfills in this process finish meanwhile (the
+    CLI's progress bar)."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
 
 
 def _flow_run_name() -> str:
     p = flow_run.parameters
     name = f"backfill {job_slug(p.get('job', '?'))} {p.get('start')}..{p.get('end')}"
     return name + (" (dry run)" if p.get("dry_run") else "")
-
-
-def _artifact_key(job: JobRef) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{job.project}-{job.job_id}".lower()).strip("-")
-    return f"cml-backfill-{slug}"
 
 
 def _table(report: BackfillReport) -> list[dict[str, str]]:
@@ -96,14 +99,14 @@ def _table(report: BackfillReport) -> list[dict[str, str]]:
 
 
 def _failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -> WindowOutcome:
-    result: str = "error"
+    result = WindowResult.ERROR
     run = getattr(error, "run", None)
     if isinstance(error, CMLOutcomeUnknown):
-        result = WindowStatus.OUTCOME_UNKNOWN
+        result = WindowResult.OUTCOME_UNKNOWN
     elif isinstance(error, (CMLRunError, CMLWaitTimeout, CMLWaitCancelled)):
-        result = WindowStatus.RUN_FAILED
+        result = WindowResult.RUN_FAILED
     elif isinstance(error, CMLError):
-        result = WindowStatus.START_FAILED
+        result = WindowResult.START_FAILED
     return WindowOutcome.of(
         job,
         planned,
@@ -113,13 +116,6 @@ def _failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -
         run_status=run.status.short if run is not None else None,
         run_url=run.page_url if run is not None else None,
     )
-
-
-def _resolve(
-    job: str, settings: CMLSettings, start: date, end: date, **options: Any
-) -> BackfillPlan:
-    ref = JobRef.parse(job).with_host(settings.host)
-    return plan_backfill(ref, start, end, **options)
 
 
 def _run_in_process(
@@ -155,7 +151,7 @@ def _run_in_process(
     for planned in plan.windows:
         while len(by_future) >= max_concurrency:
             collect(next(as_completed(list(by_future))))
-        future = backfill_window.submit(
+        future = start_window.submit(
             job=plan.job,
             planned=planned,
             reprocess=reprocess,
@@ -185,7 +181,6 @@ def _dispatch(
     once. Previous runs of a window are found by its tag and decide as the records do.
     """
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas import FlowRun
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterId,
@@ -202,7 +197,9 @@ def _dispatch(
                 flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])),
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
             )
-            action, reason = decide_dispatch(previous, reprocess)
+            status, detail = _dispatch_status(previous)
+            action, reason = decide(status, reprocess, detail)
+            result = WindowResult.SKIPPED
             if action is Action.START:
                 attempt = len(previous) + 1
                 run: FlowRun = run_deployment(  # type: ignore[assignment]
@@ -217,30 +214,27 @@ def _dispatch(
                     tags=["cml-backfill", tag],
                     timeout=0,
                 )
-                result, reason = "dispatched", f"flow run {run.name} ({run.id}): {reason}"
+                result, reason = (
+                    WindowResult.DISPATCHED,
+                    f"flow run {run.name} ({run.id}): {reason}",
+                )
             elif action is Action.UNKNOWN:
-                result = WindowStatus.OUTCOME_UNKNOWN
-            else:
-                result = "skipped"
+                result = WindowResult.OUTCOME_UNKNOWN
             on_done(WindowOutcome.of(plan.job, planned, result, reason=reason))
 
 
-def decide_dispatch(previous: list[Any], reprocess: Reprocess) -> tuple[Action, str]:
-    """Like `decide`, from a window's earlier flow runs (newest state wins)."""
-    if reprocess is Reprocess.ALL:
-        return Action.START, "reprocess=all"
+def _dispatch_status(previous: list[FlowRun]) -> tuple[WindowStatus | None, str]:
+    """A window's status as its newest flow run tells it, for `decide`."""
     if not previous:
-        if reprocess is Reprocess.FAILED:
-            return Action.SKIP, "never dispatched (reprocess=failed only re-runs failures)"
-        return Action.START, "not dispatched yet"
-    last = max(previous, key=lambda run: run.created)
+        return None, ""
+    last = max(previous, key=lambda run: run.created or 0)
     state = last.state
     if state is None or not (state.is_failed() or state.is_crashed()):
         kind = state.type.value.lower() if state is not None else "unknown"
-        return Action.SKIP, f"already dispatched: flow run {last.name} is {kind}"
-    if "CMLOutcomeUnknown" in (state.message or ""):
-        return Action.UNKNOWN, f"flow run {last.name}: the start's outcome is unknown"
-    return Action.START, f"flow run {last.name} failed: {state.message}"
+        return WindowStatus.STARTED, f"dispatched: flow run {last.name} is {kind}"
+    if state.name == OUTCOME_UNKNOWN_STATE:
+        return WindowStatus.OUTCOME_UNKNOWN, f"flow run {last.name}"
+    return WindowStatus.START_FAILED, f"flow run {last.name} failed: {state.message}"
 
 
 @flow(
@@ -253,14 +247,7 @@ def cml_backfill(
     job: str,
     start: date,
     end: date,
-    every: str = "month",
-    timezone: str = "UTC",
-    week_start: str = "monday",
-    start_var: str = "START_DATE",
-    end_var: str = "END_DATE",
-    date_format: str = "%Y-%m-%d",
-    inclusive_end: bool = True,
-    extra_environment: dict[str, str] | None = None,
+    options: WindowOptions = WindowOptions(),
     max_concurrency: int = 4,
     order: str = "oldest",
     reprocess: str = "missing",
@@ -279,8 +266,7 @@ def cml_backfill(
         job: The job's Overview page URL, or `user/project/job_id` with `CML_HOST` set.
         start: First day of the range (its window may begin earlier: windows are aligned).
         end: Last day of the range, inclusive.
-        every, timezone, week_start, start_var, end_var, date_format, inclusive_end,
-            extra_environment: Cadence and rendering, as in the `cml-window-run` flow.
+        options: Cadence and rendering of the windows, as in the `cml-window-run` flow.
         max_concurrency: At most this many start calls of this backfill in flight (1..64);
             with `follow`, at most this many of its CML runs active.
         order: "oldest" or "newest" first.
@@ -300,92 +286,48 @@ def cml_backfill(
         deployment: `flow-name/deployment-name` of a `cml-window-run` deployment (scale-out).
     """
     logger = get_run_logger()
-    if not 1 <= max_concurrency <= MAX_CONCURRENCY:
-        raise CMLInputError(f"max_concurrency must be 1..{MAX_CONCURRENCY}, got {max_concurrency}")
-    try:
-        mode = Reprocess(reprocess)
-    except ValueError:
-        raise CMLInputError(
-            f"invalid reprocess {reprocess!r}: use 'missing', 'failed' or 'all'"
-        ) from None
-    if follow and scale_out:
-        raise CMLInputError(
-            "follow=True runs in-process; with scale_out the window flow runs start them"
-        )
-    if poll_interval <= 0:
-        raise CMLInputError(f"poll_interval must be positive, got {poll_interval}")
-    credentials = _load_credentials(credentials_block)
-    settings = resolve_settings(credentials)
+    mode = check_run_options(
+        max_concurrency=max_concurrency,
+        reprocess=reprocess,
+        follow=follow,
+        scale_out=scale_out,
+        poll_interval=poll_interval,
+    )
+    settings = resolve_settings(load_credentials(credentials_block))
     if follow and not dry_run:
         settings.require("api_v2_key")
-    plan = _resolve(
-        job,
-        settings,
-        start,
-        end,
-        every=every,
-        timezone=timezone,
-        week_start=week_start,
-        start_var=start_var,
-        end_var=end_var,
-        date_format=date_format,
-        inclusive_end=inclusive_end,
-        extra_environment=extra_environment,
-        order=order,
-    )
-    total = len(plan.windows)
+    plan = plan_backfill(JobRef.parse(job).with_host(settings.host), start, end, options, order)
     logger.info(
         "Backfill of %s: %d windows (%s), reprocess=%s%s",
         plan.job.slug,
-        total,
+        len(plan.windows),
         plan.cadence,
         mode,
         ", following runs to completion" if follow else "",
     )
-    if not can_reconcile(settings):
+    if settings.api_v2_key is None:
         logger.info(
             "No API v2 key (CML_API_V2_KEY): a window whose start's outcome is unknown is "
             "reported, never started again"
         )
-    outcomes: dict[str, WindowOutcome] = {}
-
     if dry_run:
-        for planned in plan.windows:
-            outcomes[planned.key] = WindowOutcome.of(plan.job, planned, "planned")
-    else:
-        progress: UUID = create_progress_artifact(  # type: ignore[assignment]
-            progress=0.0, description=f"Backfill of {plan.job.slug}: windows done of {total}"
+        outcomes = [WindowOutcome.of(plan.job, p, WindowResult.PLANNED) for p in plan.windows]
+    elif scale_out:
+        parameters = {
+            "job": plan.job.page_url,
+            "options": options.model_dump(),
+            "credentials_block": credentials_block,
+        }
+        outcomes = _collect(
+            plan,
+            lambda on_done: _dispatch(
+                plan, deployment=deployment, reprocess=mode, parameters=parameters, on_done=on_done
+            ),
         )
-
-        key_of = {p.label: p.key for p in plan.windows}
-
-        def on_done(outcome: WindowOutcome) -> None:
-            outcomes[key_of[outcome.window]] = outcome
-            update_progress_artifact(artifact_id=progress, progress=100.0 * len(outcomes) / total)
-            for observer in _observers:
-                observer(outcome, len(outcomes), total)
-
-        if scale_out:
-            _dispatch(
-                plan,
-                deployment=deployment,
-                reprocess=mode,
-                parameters={
-                    "job": plan.job.page_url,
-                    "every": every,
-                    "timezone": timezone,
-                    "week_start": week_start,
-                    "start_var": start_var,
-                    "end_var": end_var,
-                    "date_format": date_format,
-                    "inclusive_end": inclusive_end,
-                    "extra_environment": extra_environment,
-                    "credentials_block": credentials_block,
-                },
-                on_done=on_done,
-            )
-        else:
-            _run_in_process(
+    else:
+        outcomes = _collect(
+            plan,
+            lambda on_done: _run_in_process(
                 plan,
                 max_concurrency=max_concurrency,
                 reprocess=mode,
@@ -395,21 +337,45 @@ def cml_backfill(
                 poll_interval=poll_interval,
                 max_wait=max_wait,
                 on_done=on_done,
-            )
+            ),
+        )
+    return _report(plan, outcomes, dry_run=dry_run)
 
-    report = BackfillReport(
-        job_url=plan.job.page_url,
-        outcomes=[outcomes[p.key] for p in plan.windows],
-        dry_run=dry_run,
+
+def _collect(
+    plan: BackfillPlan, run: Callable[[Callable[[WindowOutcome], None]], None]
+) -> list[WindowOutcome]:
+    """Run the windows through `run`, keeping a progress artifact and the observers up to
+    date; the outcomes in plan order."""
+    total = len(plan.windows)
+    progress: UUID = create_progress_artifact(  # type: ignore[assignment]
+        progress=0.0, description=f"Backfill of {plan.job.slug}: windows done of {total}"
     )
+    key_of = {p.label: p.key for p in plan.windows}
+    outcomes: dict[str, WindowOutcome] = {}
+
+    def on_done(outcome: WindowOutcome) -> None:
+        outcomes[key_of[outcome.window]] = outcome
+        update_progress_artifact(artifact_id=progress, progress=100.0 * len(outcomes) / total)
+        for observer in _observers:
+            observer(outcome, len(outcomes), total)
+
+    run(on_done)
+    return [outcomes[p.key] for p in plan.windows]
+
+
+def _report(plan: BackfillPlan, outcomes: list[WindowOutcome], *, dry_run: bool) -> BackfillReport:
+    """The report, as a table artifact and a log line; raises `BackfillFailed` if a window
+    failed."""
+    report = BackfillReport(job_url=plan.job.page_url, outcomes=outcomes, dry_run=dry_run)
     create_table_artifact(
-        key=_artifact_key(plan.job),
+        key=artifact_key("backfill", plan.job),
         table=_table(report),
         description=f"Backfill of {plan.job.slug}: {report.summary()}",
     )
-    logger.info("%s", report.summary())
+    get_run_logger().info("%s", report.summary())
     if report.failures:
         raise BackfillFailed(
-            f"{len(report.failures)} of {total} windows failed:\n{report.failure_text()}"
+            f"{len(report.failures)} of {len(outcomes)} windows failed:\n{report.failure_text()}"
         )
     return report

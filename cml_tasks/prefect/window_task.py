@@ -1,0 +1,116 @@
+"""The Prefect task `cml-window`: one window of a job started once (`window_start.WindowStart`)
+under a slot of the project's concurrency limit and, with `follow`, followed to its end.
+
+Scheduled window runs and backfills both start windows through this task, so they share each
+window's record and the project's limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from cml_tasks.backfill import PlannedWindow, Reprocess, WindowOutcome, WindowResult, WindowStatus
+from cml_tasks.errors import CMLRunError, CMLWaitCancelled, CMLWaitTimeout
+from cml_tasks.job import JobRef
+from cml_tasks.models import JobRun, RunStatus
+from cml_tasks.prefect.blocks import CMLCredentials
+from cml_tasks.prefect.events import emit_run_event
+from cml_tasks.prefect.project_limit import project_slot
+from cml_tasks.prefect.records import window_records
+from cml_tasks.prefect.tasks import follow_to_end, log_started, resolve_settings, shared_client
+from cml_tasks.settings import CMLSettings
+from cml_tasks.waiting import raise_for_status
+from cml_tasks.window_start import WindowStart
+
+
+def _run_name(parameters: dict[str, Any]) -> str:
+    planned = parameters.get("planned")
+    job = parameters.get("job")
+    label = planned.label if isinstance(planned, PlannedWindow) else "?"
+    slug = job.slug if isinstance(job, JobRef) else str(job)
+    return f"{slug} {label}"
+
+
+# Prefect's protocol for name callbacks has a classmethod no plain function has.
+@task(name="cml-window", task_run_name=_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]
+def start_window(
+    job: JobRef,
+    planned: PlannedWindow,
+    reprocess: Reprocess = Reprocess.MISSING,
+    credentials: CMLCredentials | CMLSettings | None = None,
+    project_limit: str | None = None,
+    follow: bool = False,
+    poll_interval: float = 30.0,
+    max_wait: float | None = None,
+) -> WindowOutcome:
+    """Start the job for one window unless its record says not to; record what happened.
+
+    Raises the start's `CMLError` when it failed (recorded `start_failed`, retried by the next
+    `missing` backfill) and `CMLOutcomeUnknown` when a run may exist and CML cannot be asked
+    (no API v2 key, or v2 unreachable): never retried blindly.
+
+    `project_limit` names a global concurrency limit held while the start is in flight and,
+    with `follow=True`, until the CML run ends. Followed windows end `succeeded` (returned) or
+    `run_failed` (recorded, and the run's `CMLRunError`/`CMLWaitTimeout` raised).
+    """
+    settings = resolve_settings(credentials)
+    window = WindowStart(
+        job=job,
+        planned=planned,
+        records=window_records(),
+        log=get_run_logger(),
+        reprocess=reprocess,
+        follow=follow,
+        can_reconcile=settings.api_v2_key is not None,
+    )
+    done = window.check()
+    if done is not None:
+        return done
+    with project_slot(project_limit):
+        started = window.start(shared_client(settings))
+        if isinstance(started, WindowOutcome):
+            return started
+        log_started(started)
+        return _follow(window, started, settings, poll_interval, max_wait)
+
+
+def _follow(
+    window: WindowStart,
+    run: JobRun,
+    settings: CMLSettings,
+    poll_interval: float,
+    max_wait: float | None,
+) -> WindowOutcome:
+    """Wait (holding the caller's slot) for the run to end; record and return/raise its end.
+
+    A transient poll failure never fails the window. Only a definite end is recorded: a poll
+    error that is not transient leaves the record `started` (a rerun with follow picks the
+    run up again).
+    """
+    fields: dict[str, Any] = {"engine_id": run.id, "run_url": run.page_url}
+    try:
+        done = follow_to_end(settings, run, poll_interval, max_wait)
+    except CMLWaitTimeout as error:
+        window.finish(
+            WindowStatus.RUN_FAILED, error=str(error), run_status=error.run.status.short, **fields
+        )
+        raise
+    except CMLWaitCancelled as error:
+        window.finish(WindowStatus.RUN_FAILED, error=str(error), run_status="stopped", **fields)
+        raise
+    emit_run_event(done)
+    status = done.status.short
+    if done.status is RunStatus.SUCCEEDED:
+        window.finish(WindowStatus.SUCCEEDED, run_status=status, **fields)
+        return WindowOutcome.of(
+            window.job, window.planned, WindowResult.SUCCEEDED, run_status=status, **fields
+        )
+    try:
+        raise_for_status(done)
+    except CMLRunError as error:
+        window.finish(WindowStatus.RUN_FAILED, error=str(error), run_status=status, **fields)
+        raise
+    raise AssertionError(f"not a terminal status: {done.status}")  # pragma: no cover
