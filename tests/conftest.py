@@ -4,6 +4,8 @@ PREFECT_HOME and no telemetry (the test machines have no internet)."""
 from __future__ import annotations
 
 import os
+import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -124,21 +126,26 @@ def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
         )
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    """`prefect server start` on a free port, shared by the session; up in ~15 s."""
+@contextmanager
+def running_prefect_server(
+    home: Path, startup_timeout: float = 90, **server_env: str
+) -> Iterator[PrefectServer]:
+    """`prefect server start` on a free port with its own PREFECT_HOME `home` (its log is
+    `home/server.log`), UI and analytics off, `server_env` added to its environment (e.g. a
+    database URL); yields once `/api/health` answers, stops the server on exit."""
     import httpx
 
-    home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()
     server = PrefectServer(api_url=f"http://127.0.0.1:{port}/api", home=home)
-    env = server.env(PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = server.env(
+        PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false", **server_env
+    )
     env.pop("PREFECT_API_URL")
     log = home / "server.log"
     command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     process = spawn(command, env, log)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + startup_timeout
         while True:
             if process.poll() is not None:
                 pytest.fail(f"prefect server exited early:\n{log.read_text()[-3000:]}")
@@ -146,11 +153,21 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
                 if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after 90 s:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"prefect server not healthy after {startup_timeout:g} s:\n"
+                    f"{log.read_text()[-3000:]}"
+                )
             time.sleep(0.3)
         yield server
     finally:
         stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """`prefect server start` on a free port, shared by the session; up in ~15 s."""
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -166,3 +183,120 @@ def process_pool(prefect_server: PrefectServer) -> str:
     )
     assert created.returncode == 0, created.stdout + created.stderr
     return name
+
+
+# --- PostgreSQL: a throwaway cluster for the session (Debian's packages; .ci/run installs them) ---
+
+
+def _postgres_bin_dir() -> Path:
+    """The newest Debian PostgreSQL's binaries (`/usr/lib/postgresql/<major>/bin`)."""
+    found = [
+        path.parent
+        for path in Path("/usr/lib/postgresql").glob("*/bin/initdb")
+        if path.parent.parent.name.isdigit() and (path.parent / "pg_ctl").exists()
+    ]
+    if not found:
+        pytest.fail(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb and pg_ctl): "
+            "these tests run a Prefect server on it. .ci/run installs it; by hand: "
+            "apt-get update -qq && apt-get install -y -qq postgresql"
+        )
+    return max(found, key=lambda bin_dir: int(bin_dir.parent.name))
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """`command` run as the `postgres` user when we are root (initdb and postgres refuse root)."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def _run_postgres_tool(command: list[str], cwd: Path, log: Path | None = None) -> None:
+    """Run a PostgreSQL tool as `postgres` in `cwd`; fail the session with its output."""
+    done = subprocess.run(
+        _as_postgres(command), cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        server_log = log.read_text()[-3000:] if log is not None and log.exists() else ""
+        pytest.fail(
+            f"{shlex.join(command)} failed ({done.returncode}):\n"
+            f"{done.stdout}{done.stderr}{server_log}"
+        )
+
+
+@contextmanager
+def running_postgres() -> Iterator[str]:
+    """A PostgreSQL cluster of our own: initdb'd as `postgres` in a temporary directory, trust
+    auth, listening on 127.0.0.1 only on a free port (its unix socket in that directory), with
+    an empty database `prefect`; yields its SQLAlchemy URL
+    (`postgresql+asyncpg://postgres@127.0.0.1:PORT/prefect`), stopped and removed on exit."""
+    bin_dir = _postgres_bin_dir()
+    root = Path(tempfile.mkdtemp(prefix="cml-prefect-pg-"))
+    data, log = root / "data", root / "postgres.log"
+    pg_ctl = str(bin_dir / "pg_ctl")
+    try:
+        if os.geteuid() == 0:
+            try:
+                postgres = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.fail("no `postgres` user: reinstall Debian's postgresql (.ci/run does)")
+            os.chown(root, postgres.pw_uid, postgres.pw_gid)
+        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+        _run_postgres_tool([*initdb, "-E", "UTF8", "--locale=C", "--no-sync"], root)
+        port = free_port()
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={port} "
+            f"-c unix_socket_directories={shlex.quote(str(root))}"
+        )
+        start = [pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"]
+        _run_postgres_tool(start, root, log)
+        createdb = [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+        _run_postgres_tool([*createdb, "prefect"], root, log)
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                _as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]),
+                cwd=root,
+                capture_output=True,
+                timeout=60,
+            )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The session's own PostgreSQL (`running_postgres`): its SQLAlchemy URL. Fails (never
+    skips) when PostgreSQL is missing: .ci/run installs it."""
+    with running_postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def prefect_server_pg(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrefectServer]:
+    """`prefect server start` whose database is the session's PostgreSQL (`postgres_url`), on
+    a free port with its own PREFECT_HOME, shared by the session."""
+    home = tmp_path_factory.mktemp("prefect-server-home-pg")
+    with running_prefect_server(home, PREFECT_API_DATABASE_CONNECTION_URL=postgres_url) as server:
+        yield server
+
+
+def machine_env(server: PrefectServer, root: Path, name: str, **extra: str) -> dict[str, str]:
+    """The environment of a subprocess on a separate "machine" `name` that talks to `server`:
+    creates `root/name/{home,work,tmp}`; its own PREFECT_HOME (`home`) and TMPDIR (`tmp`),
+    PREFECT_API_URL of `server`, analytics off; none of this process's `CML_*` or `PREFECT_*`
+    variables, only `extra` (which may set any). Run the subprocess with `cwd=root/name/work`."""
+    machine = root / name
+    for part in ("home", "work", "tmp"):
+        (machine / part).mkdir(parents=True, exist_ok=True)
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("CML_", "PREFECT_"))
+    }
+    env.update(
+        PREFECT_HOME=str(machine / "home"),
+        TMPDIR=str(machine / "tmp"),
+        PREFECT_API_URL=server.api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    env.update(extra)
+    return env

@@ -59,7 +59,6 @@ from cml_tasks.prefect.project_limit import DEFAULT_PROJECT_LIMIT, ensure_projec
 from cml_tasks.prefect.tasks import resolve_settings
 from cml_tasks.prefect.window_run import OUTCOME_UNKNOWN_STATE
 from cml_tasks.prefect.window_task import start_window
-from cml_tasks.settings import CMLSettings
 from cml_tasks.window_options import WindowOptions
 
 Observer = Callable[[WindowOutcome, int, int], None]
@@ -120,22 +119,16 @@ def _failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -
 
 def _run_in_process(
     plan: BackfillPlan,
-    *,
     max_concurrency: int,
-    reprocess: Reprocess,
-    settings: CMLSettings,
-    project_limit: int,
-    follow: bool,
-    poll_interval: float,
-    max_wait: float | None,
+    window_arguments: dict[str, Any],
     on_done: Callable[[WindowOutcome], None],
 ) -> None:
-    """Submit one task per window, never more than `max_concurrency` unfinished at once.
+    """Submit one `start_window` task per window (with `window_arguments`), never more than
+    `max_concurrency` unfinished at once.
 
     Followed, a task ends with its CML run, so `max_concurrency` (and the project limit)
     bound active CML runs, not just start calls.
     """
-    limit_name = ensure_project_limit(plan.job, project_limit) if project_limit > 0 else None
     by_future: dict[PrefectFuture[WindowOutcome], PlannedWindow] = {}
 
     def collect(future: PrefectFuture[WindowOutcome]) -> None:
@@ -151,16 +144,7 @@ def _run_in_process(
     for planned in plan.windows:
         while len(by_future) >= max_concurrency:
             collect(next(as_completed(list(by_future))))
-        future = start_window.submit(
-            job=plan.job,
-            planned=planned,
-            reprocess=reprocess,
-            credentials=settings,
-            project_limit=limit_name,
-            follow=follow,
-            poll_interval=poll_interval,
-            max_wait=max_wait,
-        )
+        future = start_window.submit(job=plan.job, planned=planned, **window_arguments)
         by_future[future] = planned
     for future in as_completed(list(by_future)):
         collect(future)
@@ -325,19 +309,19 @@ def cml_backfill(
             ),
         )
     else:
+        window_arguments = {
+            "reprocess": mode,
+            "credentials": settings,
+            "project_limit": (
+                ensure_project_limit(plan.job, project_limit) if project_limit > 0 else None
+            ),
+            "follow": follow,
+            "poll_interval": poll_interval,
+            "max_wait": max_wait,
+        }
         outcomes = _collect(
             plan,
-            lambda on_done: _run_in_process(
-                plan,
-                max_concurrency=max_concurrency,
-                reprocess=mode,
-                settings=settings,
-                project_limit=project_limit,
-                follow=follow,
-                poll_interval=poll_interval,
-                max_wait=max_wait,
-                on_done=on_done,
-            ),
+            lambda on_done: _run_in_process(plan, max_concurrency, window_arguments, on_done),
         )
     return _report(plan, outcomes, dry_run=dry_run)
 
