@@ -11,7 +11,13 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from cml_tasks.errors import CMLError, CMLServerError, CMLThrottled, CMLTransportError
+from cml_tasks.errors import (
+    CMLError,
+    CMLServerError,
+    CMLThrottled,
+    CMLTLSError,
+    CMLTransportError,
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,13 @@ NO_RETRY = RetryPolicy(attempts=1)
 
 
 def is_retryable(error: CMLError) -> bool:
-    """Throttling, 503 and failures before sending; the classifier maps the rest elsewhere."""
+    """Throttling, 5xx and failures before sending; the classifier maps the rest elsewhere.
+
+    A TLS failure is a setting to fix, and an unreadable 2xx answer (`CMLProtocolError`)
+    would only come again: neither is retried.
+    """
+    if isinstance(error, CMLTLSError):
+        return False
     return isinstance(error, CMLThrottled | CMLServerError | CMLTransportError)
 
 
