@@ -71,6 +71,7 @@ class _Request:
         params: dict[str, str] | None = None,
         key_setting: str = "CML_API_KEY",
         max_bytes: int = ONE_OBJECT,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.method = method
         self.url = url
@@ -81,6 +82,8 @@ class _Request:
         self.params = params or {}
         self.key_setting = key_setting
         self.max_bytes = max_bytes
+        self.retry = retry
+        """Overrides the client's policy for this call (a waiter bounded by its deadline)."""
         self.content = b"" if body is None else json.dumps(body).encode()
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if method == "GET":
@@ -220,6 +223,7 @@ class _BaseClient:
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
         max_bytes: int = ONE_OBJECT,
+        retry: RetryPolicy | None = None,
     ) -> _Request:
         assert job.host is not None
         return _Request(
@@ -233,6 +237,7 @@ class _BaseClient:
             params=params,
             key_setting="CML_API_V2_KEY",
             max_bytes=max_bytes,
+            retry=retry,
         )
 
     def _ids(self, job: JobRef) -> _Flow[tuple[str, str]]:
@@ -328,24 +333,30 @@ class _BaseClient:
                 job_url=ref.page_url,
             ) from None
 
-    def _get_run(self, job: str | JobRef, run_id: str) -> _Flow[JobRun]:
+    def _get_run(self, job: str | JobRef, run_id: str, retry: RetryPolicy | None) -> _Flow[JobRun]:
         ref, run_id = self._resolve(job), _check_run_id(run_id)
         self._bearer_auth(ref)
         path = yield from self._runs_path(ref)
         action = f"Reading run {run_id} of {ref.slug}"
         response = yield self._v2_request(
-            "GET", ref, f"{path}/{run_id}", action=action, idempotent=True
+            "GET", ref, f"{path}/{run_id}", action=action, idempotent=True, retry=retry
         )
         return _decode_run(_object(response, action, ref), ref)
 
-    def _stop_run(self, job: str | JobRef, run_id: str) -> _Flow[JobRun]:
+    def _stop_run(self, job: str | JobRef, run_id: str, retry: RetryPolicy | None) -> _Flow[JobRun]:
         ref, run_id = self._resolve(job), _check_run_id(run_id)
         self._bearer_auth(ref)
         path = yield from self._runs_path(ref)
         action = f"Stopping run {run_id} of {ref.slug}"
         # Stopping twice stops once: safe to retry.
         response = yield self._v2_request(
-            "POST", ref, f"{path}/{run_id}:stop", action=action, idempotent=True, body={}
+            "POST",
+            ref,
+            f"{path}/{run_id}:stop",
+            action=action,
+            idempotent=True,
+            body={},
+            retry=retry,
         )
         return _decode_run(_object(response, action, ref), ref)
 
@@ -357,6 +368,7 @@ class _BaseClient:
         sort: str | None,
         search_filter: Mapping[str, object] | str | None,
         page_token: str | None,
+        retry: RetryPolicy | None,
     ) -> _Flow[RunPage]:
         ref = self._resolve(job)
         params: dict[str, str] = {}
@@ -376,7 +388,14 @@ class _BaseClient:
         path = yield from self._runs_path(ref)
         action = f"Listing runs of {ref.slug}"
         request = self._v2_request(
-            "GET", ref, path, action=action, idempotent=True, params=params, max_bytes=LIST_PAGE
+            "GET",
+            ref,
+            path,
+            action=action,
+            idempotent=True,
+            params=params,
+            max_bytes=LIST_PAGE,
+            retry=retry,
         )
         body = _object((yield request), action, ref)
         runs = [_decode_run(item, ref) for item in _items(body, "job_runs", action, ref)]
@@ -430,13 +449,19 @@ class CMLClient(_BaseClient):
         """Create and start a run (API v2). Never retried once sent: see `CMLOutcomeUnknown`."""
         return self._drive(self._create_run(job, environment, arguments))
 
-    def get_run(self, job: str | JobRef, run_id: str) -> JobRun:
-        """Read one run, fresh from CML; retried on transient failures."""
-        return self._drive(self._get_run(job, run_id))
+    def get_run(
+        self, job: str | JobRef, run_id: str, *, retry: RetryPolicy | None = None
+    ) -> JobRun:
+        """Read one run, fresh from CML; retried on transient failures (`retry`: this call's
+        own policy instead of the client's)."""
+        return self._drive(self._get_run(job, run_id, retry))
 
-    def stop_run(self, job: str | JobRef, run_id: str) -> JobRun:
-        """Ask CML to stop a run (`:stop`); a finished run is left as it is."""
-        return self._drive(self._stop_run(job, run_id))
+    def stop_run(
+        self, job: str | JobRef, run_id: str, *, retry: RetryPolicy | None = None
+    ) -> JobRun:
+        """Ask CML to stop a run (`:stop`); a finished run is left as it is, and the answer
+        says how it ended."""
+        return self._drive(self._stop_run(job, run_id, retry))
 
     def list_runs_page(
         self,
@@ -446,6 +471,7 @@ class CMLClient(_BaseClient):
         sort: str | None = "-created_at",
         search_filter: Mapping[str, object] | str | None = None,
         page_token: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> RunPage:
         """One page of a job's runs, newest first unless `sort` says otherwise."""
         return self._drive(
@@ -455,6 +481,7 @@ class CMLClient(_BaseClient):
                 sort=sort,
                 search_filter=search_filter,
                 page_token=page_token,
+                retry=retry,
             )
         )
 
@@ -465,12 +492,18 @@ class CMLClient(_BaseClient):
         page_size: int | None = None,
         sort: str | None = "-created_at",
         search_filter: Mapping[str, object] | str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Iterator[JobRun]:
         """Every run of a job, fetching pages lazily as the iteration reaches them."""
         token: str | None = None
         while True:
             page = self.list_runs_page(
-                job, page_size=page_size, sort=sort, search_filter=search_filter, page_token=token
+                job,
+                page_size=page_size,
+                sort=sort,
+                search_filter=search_filter,
+                page_token=token,
+                retry=retry,
             )
             yield from page.runs
             if not page.next_page_token:
@@ -486,7 +519,7 @@ class CMLClient(_BaseClient):
             return done.value  # type: ignore[no-any-return]
 
     def _send(self, request: _Request) -> httpx.Response:
-        state = self.retry.start()
+        state = (request.retry or self.retry).start()
         while True:
             try:
                 response = self._exchange(request)
@@ -565,13 +598,19 @@ class AsyncCMLClient(_BaseClient):
         """Create and start a run (API v2). Never retried once sent: see `CMLOutcomeUnknown`."""
         return await self._drive(self._create_run(job, environment, arguments))
 
-    async def get_run(self, job: str | JobRef, run_id: str) -> JobRun:
-        """Read one run, fresh from CML; retried on transient failures."""
-        return await self._drive(self._get_run(job, run_id))
+    async def get_run(
+        self, job: str | JobRef, run_id: str, *, retry: RetryPolicy | None = None
+    ) -> JobRun:
+        """Read one run, fresh from CML; retried on transient failures (`retry`: this call's
+        own policy instead of the client's)."""
+        return await self._drive(self._get_run(job, run_id, retry))
 
-    async def stop_run(self, job: str | JobRef, run_id: str) -> JobRun:
-        """Ask CML to stop a run (`:stop`); a finished run is left as it is."""
-        return await self._drive(self._stop_run(job, run_id))
+    async def stop_run(
+        self, job: str | JobRef, run_id: str, *, retry: RetryPolicy | None = None
+    ) -> JobRun:
+        """Ask CML to stop a run (`:stop`); a finished run is left as it is, and the answer
+        says how it ended."""
+        return await self._drive(self._stop_run(job, run_id, retry))
 
     async def list_runs_page(
         self,
@@ -581,6 +620,7 @@ class AsyncCMLClient(_BaseClient):
         sort: str | None = "-created_at",
         search_filter: Mapping[str, object] | str | None = None,
         page_token: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> RunPage:
         """One page of a job's runs, newest first unless `sort` says otherwise."""
         return await self._drive(
@@ -590,6 +630,7 @@ class AsyncCMLClient(_BaseClient):
                 sort=sort,
                 search_filter=search_filter,
                 page_token=page_token,
+                retry=retry,
             )
         )
 
@@ -600,12 +641,18 @@ class AsyncCMLClient(_BaseClient):
         page_size: int | None = None,
         sort: str | None = "-created_at",
         search_filter: Mapping[str, object] | str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> AsyncIterator[JobRun]:
         """Every run of a job, fetching pages lazily as the iteration reaches them."""
         token: str | None = None
         while True:
             page = await self.list_runs_page(
-                job, page_size=page_size, sort=sort, search_filter=search_filter, page_token=token
+                job,
+                page_size=page_size,
+                sort=sort,
+                search_filter=search_filter,
+                page_token=token,
+                retry=retry,
             )
             for run in page.runs:
                 yield run
@@ -622,7 +669,7 @@ class AsyncCMLClient(_BaseClient):
             return done.value  # type: ignore[no-any-return]
 
     async def _send(self, request: _Request) -> httpx.Response:
-        state = self.retry.start()
+        state = (request.retry or self.retry).start()
         while True:
             try:
                 response = await self._exchange(request)
