@@ -500,16 +500,27 @@ def emulator(
     config: Annotated[
         Path | None, typer.Option(help="Seed file (TOML or JSON): users, projects, jobs, faults.")
     ] = None,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM).")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's key (PEM).")] = None,
 ) -> None:
-    """Run the CML emulator: a local HTTP server speaking the CML v1 and v2 APIs."""
+    """Run the CML emulator: a local HTTP(S) server speaking the CML v1 and v2 APIs."""
     from cml_tasks.emulator import default_config, load_config, serve
 
     try:
         seed = load_config(config) if config else default_config()
     except (OSError, ValueError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(ExitCode.BAD_INPUT) from None
-    serve(host, port, seed)
+        bad_input(str(error))
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        bad_input("--ssl-certfile and --ssl-keyfile go together")
+    serve(
+        host,
+        port,
+        seed,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+    )
 
 
 @app.command()
