@@ -104,10 +104,12 @@ def unreadable(detail: str, *, action: str, idempotent: bool, job_url: str | Non
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret in a text that might be shown to a person."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    """Replace every secret in a text that might be shown to a person, also as a repr or
+    without surrounding whitespace would show it (`b'Bearer <key>\\r'`)."""
+    forms = {form for secret in secrets for form in (secret, secret.strip(), repr(secret)[1:-1])}
+    for form in sorted(forms, key=len, reverse=True):
+        if form:
+            text = text.replace(form, "***")
     return text
 
 
