@@ -11,7 +11,13 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from cml_tasks.errors import CMLError, CMLServerError, CMLThrottled, CMLTransportError
+from cml_tasks.errors import (
+    CMLError,
+    CMLServerError,
+    CMLThrottled,
+    CMLTLSError,
+    CMLTransportError,
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,9 @@ class RetryPolicy:
         return RetryState(self)
 
 
+NO_RETRY = RetryPolicy(attempts=1)
+"""One try: for a call whose deadline leaves no time to try again."""
+
 _testing = False
 
 
@@ -40,7 +49,13 @@ def set_testing(testing: bool) -> None:
 
 
 def is_retryable(error: CMLError) -> bool:
-    """Throttling, 503 and failures before sending; the classifier maps the rest elsewhere."""
+    """Throttling, 5xx and failures before sending; the classifier maps the rest elsewhere.
+
+    A TLS failure is a setting to fix, and an unreadable 2xx answer (`CMLProtocolError`)
+    would only come again: neither is retried.
+    """
+    if isinstance(error, CMLTLSError):
+        return False
     return isinstance(error, CMLThrottled | CMLServerError | CMLTransportError)
 
 

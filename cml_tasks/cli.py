@@ -7,6 +7,7 @@ fast (importing Prefect costs seconds).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from enum import IntEnum
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from cml_tasks._text import printable
 from cml_tasks.errors import (
     CMLAuthError,
     CMLConfigError,
@@ -21,9 +23,11 @@ from cml_tasks.errors import (
     CMLInputError,
     CMLNotFoundError,
     CMLOutcomeUnknown,
+    CMLProtocolError,
     CMLRequestRejected,
     CMLRunError,
 )
+from cml_tasks.models import RunStatus
 from cml_tasks.settings import CMLSettings
 
 if TYPE_CHECKING:
@@ -51,9 +55,10 @@ class ExitCode(IntEnum):
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 2 bad input or settings, 3 authentication failed, 4 not found, "
-    "5 request rejected, 6 server or network trouble, 7 outcome unknown (the run may have "
-    "started). With `start --wait`: 0 the run succeeded, 10 it failed, 11 CML timed it out, "
-    "12 it was stopped, 13 it was skipped, 14 --timeout passed (the run was stopped)."
+    "5 request rejected or redirected, 6 server or network trouble (also an unreadable answer "
+    "or an untrusted TLS certificate), 7 outcome unknown (the run may have started). "
+    "With `start --wait`: 0 the run succeeded, 10 it failed, 11 CML timed it out, "
+    "12 it was stopped, 13 it was skipped, 14 --timeout passed (the run was still going)."
 )
 
 app = typer.Typer(
@@ -88,6 +93,7 @@ def exit_code_for(error: CMLError) -> ExitCode:
         (CMLNotFoundError, ExitCode.NOT_FOUND),
         (CMLRequestRejected, ExitCode.REJECTED),
         (CMLOutcomeUnknown, ExitCode.OUTCOME_UNKNOWN),
+        (CMLProtocolError, ExitCode.SERVER),
     ):
         if isinstance(error, kind):
             return code
@@ -98,10 +104,16 @@ def fail(error: CMLError, *, as_json: bool) -> NoReturn:
     """Report an error on stderr (and as JSON on stdout for scripts), then exit with its code."""
     code = exit_code_for(error)
     if as_json:
-        payload = {"error": {"type": type(error).__name__, "message": str(error)}}
+        payload = {"error": {"type": type(error).__name__, "message": printable(error)}}
         typer.echo(json.dumps(payload))
-    typer.echo(f"Error: {error}", err=True)
+    typer.echo(f"Error: {printable(error)}", err=True)
     raise typer.Exit(code)
+
+
+def bad_input(message: str) -> NoReturn:
+    """Exit 2 with a message about the command line itself (nothing was sent)."""
+    typer.echo(f"Error: {printable(message)}", err=True)
+    raise typer.Exit(ExitCode.BAD_INPUT)
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -127,35 +139,49 @@ def start(
         str | None,
         typer.Option(help="With --wait: give up after this long (e.g. 2h, 30m) and stop the run."),
     ] = None,
-    poll: Annotated[str, typer.Option(help="With --wait: time between polls.")] = "30s",
+    poll: Annotated[
+        str | None,
+        typer.Option(help="With --wait: time between polls (1s..7d).", show_default="30s"),
+    ] = None,
 ) -> None:
     """Start a run of a CML job (API v1) and print its engine id; with --wait, follow it."""
     if not wait:
+        given = [name for name, value in (("--timeout", timeout), ("--poll", poll)) if value]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            bad_input(f"{' and '.join(given)} only {verb} with --wait (follow the run)")
         start_and_report(job, env or [], as_json=as_json)
         return
     try:
-        max_wait = parse_duration(timeout) if timeout else None
-        poll_interval = parse_duration(poll)
+        max_wait = parse_duration(timeout, option="--timeout") if timeout is not None else None
+        poll_interval = parse_duration(poll or "30s", option="--poll")
     except ValueError as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(ExitCode.BAD_INPUT) from None
+        bad_input(str(error))
     start_and_follow(
         job, env or [], as_json=as_json, max_wait=max_wait, poll_interval=poll_interval
     )
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from `90`, `90s`, `30m`, `2h` or `1d`."""
+MIN_DURATION = 1.0
+MAX_DURATION = 7 * 86400.0
+
+
+def parse_duration(text: str, *, option: str = "duration") -> float:
+    """Seconds from `90`, `90s`, `30m`, `2h` or `1d`: finite, between 1 s and 7 days (a
+    shorter poll floods CML with requests; NaN or infinity would wait forever)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     value = text.strip().lower()
     scale = units.get(value[-1:])
     number = value[:-1] if scale else value
+    shown = printable(repr(text)[:40])
     try:
         seconds = float(number) * (scale or 1)
     except ValueError:
-        raise ValueError(f"Invalid duration {text!r}: use e.g. 90s, 30m, 2h") from None
-    if seconds <= 0:
-        raise ValueError(f"Invalid duration {text!r}: must be positive")
+        raise ValueError(f"Invalid {option} {shown}: use e.g. 90s, 30m, 2h") from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"Invalid {option} {shown}: must be a finite duration, e.g. 2h")
+    if not MIN_DURATION <= seconds <= MAX_DURATION:
+        raise ValueError(f"Invalid {option} {shown}: must be between 1s and 7d")
     return seconds
 
 
@@ -176,17 +202,17 @@ def start_and_follow(
 
     def show(run: JobRun) -> None:
         if not as_json:
-            typer.echo(f"{run.status.short:<10} run {run.id}  {run.page_url}")
+            typer.echo(printable(f"{run.status.short:<10} run {run.id}  {run.page_url}"))
 
     try:
         environment = parse_assignments(assignments)
-        with CMLClient(settings or CMLSettings.load()) as client:
+        with CMLClient(settings or CMLSettings.load(required=("api_v2_key",))) as client:
             run = start_run(client, job, environment)
             done = wait_for_run(
                 client, run, poll_interval=poll_interval, max_wait=max_wait, on_change=show
             )
         if as_json:
-            typer.echo(done.model_dump_json())
+            echo_json(done.model_dump(mode="json"))
         raise_for_status(done)
     except CMLError as error:
         fail(error, as_json=as_json and not isinstance(error, CMLRunError))
@@ -195,9 +221,12 @@ def start_and_follow(
 @app.command()
 def runs(
     job: Annotated[str, typer.Argument(help="Job Overview page URL")],
-    limit: Annotated[int, typer.Option(help="How many of the newest runs to show.")] = 10,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1000, help="How many of the newest runs to show (1..1000).")
+    ] = 10,
     status: Annotated[
-        str | None, typer.Option(help="Only runs in this status, e.g. running or failed.")
+        str | None,
+        typer.Option(help="Only runs in this status: " + ", ".join(s.short for s in RunStatus)),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -207,26 +236,41 @@ def runs(
     from cml_tasks.client import CMLClient
 
     try:
-        with CMLClient(CMLSettings.load()) as client:
+        search_filter = {"status": parse_status(status).short} if status is not None else None
+        with CMLClient(CMLSettings.load(required=("api_v2_key",))) as client:
             found = list(
                 islice(
-                    client.list_runs(
-                        job,
-                        page_size=min(limit, 100),
-                        search_filter={"status": status} if status else None,
-                    ),
+                    client.list_runs(job, page_size=min(limit, 100), search_filter=search_filter),
                     limit,
                 )
             )
     except CMLError as error:
         fail(error, as_json=as_json)
     if as_json:
-        typer.echo(json.dumps([run.model_dump(mode="json") for run in found]))
+        echo_json([run.model_dump(mode="json") for run in found])
         return
     for run in found:
         created = run.created_at.strftime("%Y-%m-%d %H:%M:%S") if run.created_at else "?"
         env = " ".join(f"{name}={value}" for name, value in run.environment.items())
-        typer.echo(f"{run.id}  {run.status.short:<10} {created}  {env}".rstrip())
+        typer.echo(printable(f"{run.id}  {run.status.short:<10} {created}  {env}".rstrip()))
+
+
+def parse_status(text: str) -> RunStatus:
+    """`running`, `RUNNING` or `ENGINE_RUNNING` -> `RunStatus.RUNNING`; anything else is bad
+    input, refused before a request (CML would answer 400)."""
+    wanted = text.strip().upper()
+    for status in RunStatus:
+        if wanted in (status.value, status.short.upper()):
+            return status
+    raise CMLInputError(
+        f"Invalid --status {printable(repr(text)[:40])}: use one of "
+        + ", ".join(status.short for status in RunStatus)
+    )
+
+
+def echo_json(payload: object) -> None:
+    """JSON for scripts, ASCII only: no control character or escape reaches a terminal."""
+    typer.echo(json.dumps(payload))
 
 
 @app.command()
@@ -239,14 +283,14 @@ def stop(
     from cml_tasks.client import CMLClient
 
     try:
-        with CMLClient(CMLSettings.load()) as client:
+        with CMLClient(CMLSettings.load(required=("api_v2_key",))) as client:
             run = client.stop_run(job, run_id)
     except CMLError as error:
         fail(error, as_json=as_json)
     if as_json:
-        typer.echo(run.model_dump_json())
+        echo_json(run.model_dump(mode="json"))
         return
-    typer.echo(f"Stop requested: run {run.id} is {run.status.short}  {run.page_url}")
+    typer.echo(printable(f"Stop requested: run {run.id} is {run.status.short}  {run.page_url}"))
 
 
 def start_and_report(
@@ -260,18 +304,22 @@ def start_and_report(
     try:
         ref = JobRef.parse(job)
         environment = parse_assignments(assignments)
-        with CMLClient(settings or CMLSettings.load()) as client:
+        with CMLClient(settings or CMLSettings.load(required=("api_key",))) as client:
             run = client.start(ref, environment)
     except CMLError as error:
         fail(error, as_json=as_json)
     if as_json:
-        typer.echo(run.model_dump_json())
+        echo_json(run.model_dump(mode="json"))
         return
-    typer.echo(f"Started {run.job.slug} (user {run.job.username}): engine id {run.engine_id}")
-    typer.echo(f"  job page:    {run.job_url}")
+    lines = [
+        f"Started {run.job.slug} (user {run.job.username}): engine id {run.engine_id}",
+        f"  job page:    {run.job_url}",
+    ]
     if run.environment:
         shown = " ".join(f"{name}={value}" for name, value in run.environment.items())
-        typer.echo(f"  environment: {shown}")
+        lines.append(f"  environment: {shown}")
+    for line in lines:
+        typer.echo(printable(line))
 
 
 # The date-range and rendering options shared by `windows` and `backfill`.
@@ -469,16 +517,27 @@ def emulator(
     config: Annotated[
         Path | None, typer.Option(help="Seed file (TOML or JSON): users, projects, jobs, faults.")
     ] = None,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM).")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's key (PEM).")] = None,
 ) -> None:
-    """Run the CML emulator: a local HTTP server speaking the CML v1 and v2 APIs."""
+    """Run the CML emulator: a local HTTP(S) server speaking the CML v1 and v2 APIs."""
     from cml_tasks.emulator import default_config, load_config, serve
 
     try:
         seed = load_config(config) if config else default_config()
     except (OSError, ValueError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(ExitCode.BAD_INPUT) from None
-    serve(host, port, seed)
+        bad_input(str(error))
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        bad_input("--ssl-certfile and --ssl-keyfile go together")
+    serve(
+        host,
+        port,
+        seed,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+    )
 
 
 @app.command()

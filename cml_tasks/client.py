@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from datetime import UTC, datetime
@@ -24,8 +24,17 @@ import httpx
 from pydantic import ValidationError
 
 from cml_tasks import __version__
-from cml_tasks._http import error_for_response, error_for_transport
+from cml_tasks._http import (
+    LIST_PAGE,
+    ONE_OBJECT,
+    AnswerReader,
+    error_for_response,
+    error_for_transport,
+    json_body,
+    unreadable,
+)
 from cml_tasks._retry import RetryPolicy
+from cml_tasks._text import has_unsafe, printable
 from cml_tasks.environment import validate_environment
 from cml_tasks.errors import (
     CMLConfigError,
@@ -33,15 +42,15 @@ from cml_tasks.errors import (
     CMLInputError,
     CMLNotFoundError,
     CMLOutcomeUnknown,
-    CMLServerError,
+    CMLProtocolError,
 )
 from cml_tasks.job import JobRef, is_loopback
-from cml_tasks.models import JobRun, RunPage, StartedRun
+from cml_tasks.models import SERVER_ID, JobRun, RunPage, StartedRun
 from cml_tasks.settings import CMLSettings
 
 T = TypeVar("T")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 _LOOKUP_PAGE_SIZE = 100
+_MAX_PAGE_TOKEN = 4096
 _Flow = Generator["_Request", httpx.Response, T]
 """A v2 call as a generator: yields each request, receives its (successful) answer."""
 
@@ -61,6 +70,8 @@ class _Request:
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
         key_setting: str = "CML_API_KEY",
+        max_bytes: int = ONE_OBJECT,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.method = method
         self.url = url
@@ -70,6 +81,9 @@ class _Request:
         self.auth = auth
         self.params = params or {}
         self.key_setting = key_setting
+        self.max_bytes = max_bytes
+        self.retry = retry
+        """Overrides the client's policy for this call (a waiter bounded by its deadline)."""
         self.content = b"" if body is None else json.dumps(body).encode()
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if method == "GET":
@@ -97,10 +111,23 @@ class _BaseClient:
     def _client_options(self) -> dict[str, Any]:
         return {
             "timeout": httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout),
-            "verify": self.settings.verify(),
+            "verify": self._verify(),
             "headers": {"User-Agent": f"cml-prefect/{__version__}"},
             "follow_redirects": False,
         }
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        """TLS verification: the CA bundle loaded now, so a bad file is a settings error."""
+        verify = self.settings.verify()
+        if not isinstance(verify, str):
+            return verify
+        try:
+            return ssl.create_default_context(cafile=verify)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise CMLConfigError(
+                f"CML_CA_BUNDLE: {verify} is not a readable PEM CA bundle "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
 
     def _secrets(self) -> list[str]:
         keys = (self.settings.api_key, self.settings.api_v2_key)
@@ -161,7 +188,26 @@ class _BaseClient:
                 key_setting=request.key_setting,
             )
         return error_for_transport(
-            outcome, action=request.action, idempotent=request.idempotent, job_url=request.job_url
+            outcome,
+            action=request.action,
+            idempotent=request.idempotent,
+            job_url=request.job_url,
+            secrets=self._secrets(),
+        )
+
+    def _answer(self, request: _Request, reader: AnswerReader) -> httpx.Response:
+        """The answer as read; a 2xx cut at the size cap is unusable (see `unreadable`)."""
+        response = reader.response()
+        if response.is_success and not reader.complete:
+            raise self._unreadable(
+                request,
+                f"CML answered {response.status_code} with more than {reader.limit} bytes",
+            )
+        return response
+
+    def _unreadable(self, request: _Request, detail: str) -> CMLError:
+        return unreadable(
+            detail, action=request.action, idempotent=request.idempotent, job_url=request.job_url
         )
 
     # --- API v2, as generators driven by `_drive` (see the module docstring) -----------------
@@ -176,6 +222,8 @@ class _BaseClient:
         idempotent: bool,
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
+        max_bytes: int = ONE_OBJECT,
+        retry: RetryPolicy | None = None,
     ) -> _Request:
         assert job.host is not None
         return _Request(
@@ -188,6 +236,8 @@ class _BaseClient:
             body=body,
             params=params,
             key_setting="CML_API_V2_KEY",
+            max_bytes=max_bytes,
+            retry=retry,
         )
 
     def _ids(self, job: JobRef) -> _Flow[tuple[str, str]]:
@@ -207,18 +257,25 @@ class _BaseClient:
         action = f"Looking up project {job.username}/{job.project}"
         while True:
             request = self._v2_request(
-                "GET", job, "projects", action=action, idempotent=True, params=params
+                "GET",
+                job,
+                "projects",
+                action=action,
+                idempotent=True,
+                params=params,
+                max_bytes=LIST_PAGE,
             )
             body = _object((yield request), action, job)
             # The filter matches substrings: compare exactly here.
-            for project in _items(body, "projects"):
-                owner = project.get("owner") or {}
-                if project.get("name") == job.project and owner.get("username") == job.username:
-                    return str(project["id"])
-            token = body.get("next_page_token")
+            for project in _items(body, "projects", action, job):
+                owner = project.get("owner")
+                username = owner.get("username") if isinstance(owner, dict) else None
+                if project.get("name") == job.project and username == job.username:
+                    return _server_id(project.get("id"), "project id", action, job)
+            token = _page_token(body, action, job)
             if not token:
                 raise _lookup_failed(f"{action}: no such project visible to this API v2 key", job)
-            params = {**params, "page_token": str(token)}
+            params = {**params, "page_token": token}
 
     def _find_job(self, job: JobRef, project_id: str) -> _Flow[str]:
         """The job whose v2 id is the URL's job id, else the one job so named; every page."""
@@ -228,18 +285,18 @@ class _BaseClient:
         while True:
             path = f"projects/{_seg(project_id)}/jobs"
             request = self._v2_request(
-                "GET", job, path, action=action, idempotent=True, params=params
+                "GET", job, path, action=action, idempotent=True, params=params, max_bytes=LIST_PAGE
             )
             body = _object((yield request), action, job)
-            for item in _items(body, "jobs"):
+            for item in _items(body, "jobs", action, job):
                 if item.get("id") == job.job_id:
                     return job.job_id
                 if item.get("name") == job.job_id:
-                    named.append(str(item["id"]))
-            token = body.get("next_page_token")
+                    named.append(_server_id(item.get("id"), "job id", action, job))
+            token = _page_token(body, action, job)
             if not token:
                 break
-            params = {**params, "page_token": str(token)}
+            params = {**params, "page_token": token}
         if len(named) == 1:
             return named[0]
         if named:
@@ -269,31 +326,37 @@ class _BaseClient:
         )
         try:
             return _decode_run(_object(response, action, ref), ref)
-        except CMLError as error:
+        except CMLProtocolError as error:
             raise CMLOutcomeUnknown(
                 f"{action}: CML answered {response.status_code} with no readable run ({error}); "
                 "the run may have started",
                 job_url=ref.page_url,
             ) from None
 
-    def _get_run(self, job: str | JobRef, run_id: str) -> _Flow[JobRun]:
+    def _get_run(self, job: str | JobRef, run_id: str, retry: RetryPolicy | None) -> _Flow[JobRun]:
         ref, run_id = self._resolve(job), _check_run_id(run_id)
         self._bearer_auth(ref)
         path = yield from self._runs_path(ref)
         action = f"Reading run {run_id} of {ref.slug}"
         response = yield self._v2_request(
-            "GET", ref, f"{path}/{run_id}", action=action, idempotent=True
+            "GET", ref, f"{path}/{run_id}", action=action, idempotent=True, retry=retry
         )
         return _decode_run(_object(response, action, ref), ref)
 
-    def _stop_run(self, job: str | JobRef, run_id: str) -> _Flow[JobRun]:
+    def _stop_run(self, job: str | JobRef, run_id: str, retry: RetryPolicy | None) -> _Flow[JobRun]:
         ref, run_id = self._resolve(job), _check_run_id(run_id)
         self._bearer_auth(ref)
         path = yield from self._runs_path(ref)
         action = f"Stopping run {run_id} of {ref.slug}"
         # Stopping twice stops once: safe to retry.
         response = yield self._v2_request(
-            "POST", ref, f"{path}/{run_id}:stop", action=action, idempotent=True, body={}
+            "POST",
+            ref,
+            f"{path}/{run_id}:stop",
+            action=action,
+            idempotent=True,
+            body={},
+            retry=retry,
         )
         return _decode_run(_object(response, action, ref), ref)
 
@@ -305,6 +368,7 @@ class _BaseClient:
         sort: str | None,
         search_filter: Mapping[str, object] | str | None,
         page_token: str | None,
+        retry: RetryPolicy | None,
     ) -> _Flow[RunPage]:
         ref = self._resolve(job)
         params: dict[str, str] = {}
@@ -323,22 +387,30 @@ class _BaseClient:
         self._bearer_auth(ref)
         path = yield from self._runs_path(ref)
         action = f"Listing runs of {ref.slug}"
-        request = self._v2_request("GET", ref, path, action=action, idempotent=True, params=params)
+        request = self._v2_request(
+            "GET",
+            ref,
+            path,
+            action=action,
+            idempotent=True,
+            params=params,
+            max_bytes=LIST_PAGE,
+            retry=retry,
+        )
         body = _object((yield request), action, ref)
-        runs = [_decode_run(item, ref) for item in _items(body, "job_runs")]
-        return RunPage(runs=runs, next_page_token=str(body.get("next_page_token") or ""))
+        runs = [_decode_run(item, ref) for item in _items(body, "job_runs", action, ref)]
+        return RunPage(runs=runs, next_page_token=_page_token(body, action, ref))
 
     @staticmethod
     def _started(
         response: httpx.Response, job: JobRef, environment: dict[str, str], requested_at: datetime
     ) -> StartedRun:
-        try:
-            engine_id = response.json()["engine_id"]
-        except (ValueError, KeyError, TypeError):
-            engine_id = None
-        if not isinstance(engine_id, str) or not engine_id:
+        body = json_body(response)
+        engine_id = body.get("engine_id") if isinstance(body, dict) else None
+        if not isinstance(engine_id, str) or not SERVER_ID.fullmatch(engine_id):
+            what = "with an invalid" if isinstance(engine_id, str) else "without an"
             raise CMLOutcomeUnknown(
-                f"Starting {job.slug}: CML answered {response.status_code} without an engine id; "
+                f"Starting {job.slug}: CML answered {response.status_code} {what} engine id; "
                 "the run may have started",
                 job_url=job.page_url,
             )
@@ -377,13 +449,19 @@ class CMLClient(_BaseClient):
         """Create and start a run (API v2). Never retried once sent: see `CMLOutcomeUnknown`."""
         return self._drive(self._create_run(job, environment, arguments))
 
-    def get_run(self, job: str | JobRef, run_id: str) -> JobRun:
-        """Read one run, fresh from CML; retried on transient failures."""
-        return self._drive(self._get_run(job, run_id))
+    def get_run(
+        self, job: str | JobRef, run_id: str, *, retry: RetryPolicy | None = None
+    ) -> JobRun:
+        """Read one run, fresh from CML; retried on transient failures (`retry`: this call's
+        own policy instead of the client's)."""
+        return self._drive(self._get_run(job, run_id, retry))
 
-    def stop_run(self, job: str | JobRef, run_id: str) -> JobRun:
-        """Ask CML to stop a run (`:stop`); a finished run is left as it is."""
-        return self._drive(self._stop_run(job, run_id))
+    def stop_run(
+        self, job: str | JobRef, run_id: str, *, retry: RetryPolicy | None = None
+    ) -> JobRun:
+        """Ask CML to stop a run (`:stop`); a finished run is left as it is, and the answer
+        says how it ended."""
+        return self._drive(self._stop_run(job, run_id, retry))
 
     def list_runs_page(
         self,
@@ -393,6 +471,7 @@ class CMLClient(_BaseClient):
         sort: str | None = "-created_at",
         search_filter: Mapping[str, object] | str | None = None,
         page_token: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> RunPage:
         """One page of a job's runs, newest first unless `sort` says otherwise."""
         return self._drive(
@@ -402,6 +481,7 @@ class CMLClient(_BaseClient):
                 sort=sort,
                 search_filter=search_filter,
                 page_token=page_token,
+                retry=retry,
             )
         )
 
@@ -412,12 +492,18 @@ class CMLClient(_BaseClient):
         page_size: int | None = None,
         sort: str | None = "-created_at",
         search_filter: Mapping[str, object] | str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Iterator[JobRun]:
         """Every run of a job, fetching pages lazily as the iteration reaches them."""
         token: str | None = None
         while True:
             page = self.list_runs_page(
-                job, page_size=page_size, sort=sort, search_filter=search_filter, page_token=token
+                job,
+                page_size=page_size,
+                sort=sort,
+                search_filter=search_filter,
+                page_token=token,
+                retry=retry,
             )
             yield from page.runs
             if not page.next_page_token:
@@ -433,17 +519,10 @@ class CMLClient(_BaseClient):
             return done.value  # type: ignore[no-any-return]
 
     def _send(self, request: _Request) -> httpx.Response:
-        state = self.retry.start()
+        state = (request.retry or self.retry).start()
         while True:
             try:
-                response = self._http.request(
-                    request.method,
-                    request.url,
-                    content=request.content,
-                    headers=request.headers,
-                    params=request.params,
-                    auth=request.auth,
-                )
+                response = self._exchange(request)
             except httpx.TransportError as exc:
                 error = self._error(request, exc)
             else:
@@ -451,6 +530,28 @@ class CMLClient(_BaseClient):
                     return response
                 error = self._error(request, response)
             time.sleep(state.delay_before_retry(error))
+
+    def _exchange(self, request: _Request) -> httpx.Response:
+        """One request; the answer read within the request's size cap and the time budget."""
+        with self._http.stream(
+            request.method,
+            request.url,
+            content=request.content,
+            headers=request.headers,
+            params=request.params,
+            auth=request.auth,
+        ) as response:
+            reader = AnswerReader(response, limit=request.max_bytes, budget=self.settings.timeout)
+            try:
+                if reader.wants_more():
+                    for chunk in response.iter_bytes():
+                        if not reader.add(chunk):
+                            break
+            except httpx.DecodingError as exc:
+                raise self._unreadable(
+                    request, f"CML's answer could not be decoded ({exc})"
+                ) from None
+        return self._answer(request, reader)
 
     def close(self) -> None:
         self._http.close()
@@ -497,13 +598,19 @@ class AsyncCMLClient(_BaseClient):
         """Create and start a run (API v2). Never retried once sent: see `CMLOutcomeUnknown`."""
         return await self._drive(self._create_run(job, environment, arguments))
 
-    async def get_run(self, job: str | JobRef, run_id: str) -> JobRun:
-        """Read one run, fresh from CML; retried on transient failures."""
-        return await self._drive(self._get_run(job, run_id))
+    async def get_run(
+        self, job: str | JobRef, run_id: str, *, retry: RetryPolicy | None = None
+    ) -> JobRun:
+        """Read one run, fresh from CML; retried on transient failures (`retry`: this call's
+        own policy instead of the client's)."""
+        return await self._drive(self._get_run(job, run_id, retry))
 
-    async def stop_run(self, job: str | JobRef, run_id: str) -> JobRun:
-        """Ask CML to stop a run (`:stop`); a finished run is left as it is."""
-        return await self._drive(self._stop_run(job, run_id))
+    async def stop_run(
+        self, job: str | JobRef, run_id: str, *, retry: RetryPolicy | None = None
+    ) -> JobRun:
+        """Ask CML to stop a run (`:stop`); a finished run is left as it is, and the answer
+        says how it ended."""
+        return await self._drive(self._stop_run(job, run_id, retry))
 
     async def list_runs_page(
         self,
@@ -513,6 +620,7 @@ class AsyncCMLClient(_BaseClient):
         sort: str | None = "-created_at",
         search_filter: Mapping[str, object] | str | None = None,
         page_token: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> RunPage:
         """One page of a job's runs, newest first unless `sort` says otherwise."""
         return await self._drive(
@@ -522,6 +630,7 @@ class AsyncCMLClient(_BaseClient):
                 sort=sort,
                 search_filter=search_filter,
                 page_token=page_token,
+                retry=retry,
             )
         )
 
@@ -532,12 +641,18 @@ class AsyncCMLClient(_BaseClient):
         page_size: int | None = None,
         sort: str | None = "-created_at",
         search_filter: Mapping[str, object] | str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> AsyncIterator[JobRun]:
         """Every run of a job, fetching pages lazily as the iteration reaches them."""
         token: str | None = None
         while True:
             page = await self.list_runs_page(
-                job, page_size=page_size, sort=sort, search_filter=search_filter, page_token=token
+                job,
+                page_size=page_size,
+                sort=sort,
+                search_filter=search_filter,
+                page_token=token,
+                retry=retry,
             )
             for run in page.runs:
                 yield run
@@ -554,17 +669,10 @@ class AsyncCMLClient(_BaseClient):
             return done.value  # type: ignore[no-any-return]
 
     async def _send(self, request: _Request) -> httpx.Response:
-        state = self.retry.start()
+        state = (request.retry or self.retry).start()
         while True:
             try:
-                response = await self._http.request(
-                    request.method,
-                    request.url,
-                    content=request.content,
-                    headers=request.headers,
-                    params=request.params,
-                    auth=request.auth,
-                )
+                response = await self._exchange(request)
             except httpx.TransportError as exc:
                 error = self._error(request, exc)
             else:
@@ -572,6 +680,28 @@ class AsyncCMLClient(_BaseClient):
                     return response
                 error = self._error(request, response)
             await asyncio.sleep(state.delay_before_retry(error))
+
+    async def _exchange(self, request: _Request) -> httpx.Response:
+        """One request; the answer read within the request's size cap and the time budget."""
+        async with self._http.stream(
+            request.method,
+            request.url,
+            content=request.content,
+            headers=request.headers,
+            params=request.params,
+            auth=request.auth,
+        ) as response:
+            reader = AnswerReader(response, limit=request.max_bytes, budget=self.settings.timeout)
+            try:
+                if reader.wants_more():
+                    async for chunk in response.aiter_bytes():
+                        if not reader.add(chunk):
+                            break
+            except httpx.DecodingError as exc:
+                raise self._unreadable(
+                    request, f"CML's answer could not be decoded ({exc})"
+                ) from None
+        return self._answer(request, reader)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -598,38 +728,66 @@ def _runs_path(project_id: str, job_id: str) -> str:
 
 
 def _check_run_id(run_id: object) -> str:
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-        raise CMLInputError(f"Invalid run id {run_id!r}: expected letters, digits, '-' or '_'")
+    if not isinstance(run_id, str) or not SERVER_ID.fullmatch(run_id):
+        raise CMLInputError(
+            f"Invalid run id {printable(repr(run_id)[:120])}: expected letters, digits, "
+            "'-', '_' or '.'"
+        )
     return run_id
 
 
 def _object(response: httpx.Response, action: str, job: JobRef) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = json_body(response)
     if not isinstance(body, dict):
-        raise CMLServerError(
-            f"{action}: CML answered without a JSON object",
-            status_code=response.status_code,
+        raise CMLProtocolError(
+            f"{action}: CML answered {response.status_code} without a JSON object",
             job_url=job.page_url,
         )
     return body
 
 
-def _items(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    items = body.get(key) or []
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+def _items(body: dict[str, Any], key: str, action: str, job: JobRef) -> list[dict[str, Any]]:
+    """The list under `key` (absent: empty, as proto3 JSON leaves it out); anything else is
+    a protocol error."""
+    items = body.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise CMLProtocolError(
+            f"{action}: CML's `{key}` is not a list of objects", job_url=job.page_url
+        )
+    return items
+
+
+def _server_id(value: object, what: str, action: str, job: JobRef) -> str:
+    if not isinstance(value, str) or not SERVER_ID.fullmatch(value):
+        raise CMLProtocolError(f"{action}: CML answered an invalid {what}", job_url=job.page_url)
+    return value
+
+
+def _page_token(body: dict[str, Any], action: str, job: JobRef) -> str:
+    token = body.get("next_page_token")
+    if token is None or token == "":
+        return ""
+    if (
+        not isinstance(token, str)
+        or len(token) > _MAX_PAGE_TOKEN
+        or has_unsafe(token)
+        or any(char.isspace() for char in token)
+    ):
+        raise CMLProtocolError(
+            f"{action}: CML answered an invalid next_page_token", job_url=job.page_url
+        )
+    return token
 
 
 def _decode_run(item: dict[str, Any], job: JobRef) -> JobRun:
     try:
         return JobRun.model_validate({**item, "job": job})
     except ValidationError as exc:
-        raise CMLServerError(
+        raise CMLProtocolError(
             f"Reading a run of {job.slug}: unexpected answer from CML "
             f"({exc.error_count()} invalid fields, e.g. {exc.errors()[0]['loc']})",
-            status_code=200,
             job_url=job.page_url,
         ) from None
 

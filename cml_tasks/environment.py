@@ -5,17 +5,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from cml_tasks._text import printable
 from cml_tasks.errors import CMLInputError
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""A valid variable name, with `fullmatch` (`$` would let a trailing newline through)."""
 
 
 def check_name(name: object) -> str:
     """An environment-variable name a shell would accept, or a `CMLInputError`."""
-    if not isinstance(name, str) or not ENV_NAME.match(name):
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
         raise CMLInputError(
-            f"Invalid environment variable name {name!r}: use letters, digits and '_', "
-            "not starting with a digit"
+            f"Invalid environment variable name {printable(repr(name)[:120])}: use letters, "
+            "digits and '_', not starting with a digit"
         )
     return name
 
@@ -46,7 +48,9 @@ def parse_assignments(items: Iterable[str]) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise CMLInputError(f"Invalid environment assignment {item!r}: expected NAME=VALUE")
+            raise CMLInputError(
+                f"Invalid environment assignment {printable(repr(item)[:120])}: expected NAME=VALUE"
+            )
         check_name(name)
         if name in environment:
             raise CMLInputError(f"Environment variable {name} is given twice")

@@ -82,11 +82,26 @@ class CMLThrottled(CMLHTTPError):
 
 
 class CMLServerError(CMLHTTPError):
-    """5xx where the request surely had no effect (503), after retries."""
+    """5xx, after retries: any 5xx for a read, and 501/503 (surely not done) for a start.
+
+    A 500/502/504 to a start is `CMLOutcomeUnknown` instead: the run may have started.
+    """
+
+
+class CMLProtocolError(CMLError):
+    """CML answered 2xx with something unreadable or invalid (not JSON, a wrong shape, an id
+    of the wrong form, an oversized body). Not retryable: asking again gets the same answer.
+
+    For a start, the same answer is `CMLOutcomeUnknown`: the run may have started.
+    """
 
 
 class CMLTransportError(CMLError):
-    """The request surely never reached the server (connection refused, DNS failure)."""
+    """No usable answer: the server could not be reached, or (for a read) did not answer."""
+
+
+class CMLTLSError(CMLTransportError):
+    """The server's TLS certificate failed verification: a setting to fix, never retried."""
 
 
 class CMLOutcomeUnknown(CMLError):

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
+from cml_tasks._text import has_unsafe, printable
 from cml_tasks.errors import CMLInputError
 
-_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,99}$")
+# Always used with `fullmatch`: `$` would let a trailing newline through.
+_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,99}")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_MAX_URL = 2048
 _EXAMPLE = "https://ml.example.com/alice/risk-analysis/jobs/208"
 
 
@@ -39,10 +43,10 @@ class JobRef(BaseModel):
             ("project name", project, _PROJECT),
             ("job id", job_id, _JOB_ID),
         ):
-            if not isinstance(value, str) or not pattern.match(value):
+            if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise CMLInputError(
-                    f"Invalid {label} {value!r}: expected letters, digits, '-', '_' or '.' "
-                    f"as in {_EXAMPLE}"
+                    f"Invalid {label} {printable(repr(value)[:120])}: expected letters, digits, "
+                    f"'-', '_' or '.' as in {_EXAMPLE}"
                 )
         return cls(
             username=username,
@@ -54,13 +58,14 @@ class JobRef(BaseModel):
     @classmethod
     def from_url(cls, url: str) -> JobRef:
         """Parse a job Overview page URL: `http(s)://<host>/<user>/<project>/jobs/<job id>`."""
-        base = normalize_base_url(url, what="job URL")
-        path = urlsplit(url.strip()).path.rstrip("/").split("/")[1:]
+        parts = _split_url(url, "job URL")
+        path = parts.path.rstrip("/").split("/")[1:]
         if len(path) != 4 or path[2] != "jobs":
             raise CMLInputError(
-                f"Invalid job URL {url!r}: expected the job's Overview page URL, "
+                f"Invalid job URL {_shown(url)}: expected the job's Overview page URL, "
                 f"of the form {_EXAMPLE}"
             )
+        base = _base_url(parts)
         return cls.from_parts(path[0], path[1], path[3], host=base)
 
     @classmethod
@@ -76,7 +81,8 @@ class JobRef(BaseModel):
             parts = [parts[0], parts[1], parts[3]]
         if len(parts) != 3:
             raise CMLInputError(
-                f"Invalid job {job!r}: give the job's page URL ({_EXAMPLE}) or user/project/job_id"
+                f"Invalid job {_shown(job)}: give the job's page URL ({_EXAMPLE}) "
+                "or user/project/job_id"
             )
         return cls.from_parts(*parts)
 
@@ -123,25 +129,81 @@ class JobRef(BaseModel):
 
 
 def normalize_base_url(url: str, *, what: str = "CML host") -> str:
-    """`scheme://host[:port]`, lower-cased; rejects user info, which would leak into logs."""
+    """`scheme://host[:port]`, lower-cased, from a base URL with no path but `/`, no query,
+    no user info. Anything else is refused, never repaired: a guess could send the key to
+    a host the user did not mean."""
+    parts = _split_url(url, what)
+    if parts.path not in ("", "/") or parts.query or parts.fragment or url.strip().endswith("?"):
+        raise CMLInputError(
+            f"Invalid {what} {_shown(url)}: expected only http(s)://host[:port], "
+            "without a path or query"
+        )
+    return _base_url(parts)
+
+
+def _split_url(url: str, what: str) -> SplitResult:
+    """An http(s) URL with a valid host and port, or a `CMLInputError` that never shows the
+    URL's user info (it would carry a password into logs)."""
+    if not isinstance(url, str):
+        raise CMLInputError(f"Invalid {what}: expected a URL, not {type(url).__name__}")
     text = url.strip()
-    if "://" not in text:
-        text = "https://" + text
+    if len(text) > _MAX_URL:
+        raise CMLInputError(f"Invalid {what}: longer than {_MAX_URL} characters")
+    if has_unsafe(text) or any(char.isspace() and char != " " for char in text):
+        # Never "repaired" (urlsplit drops tabs and newlines): refused. A plain space is
+        # refused by the host or path check that meets it, with a more precise message.
+        raise CMLInputError(
+            f"Invalid {what} {_shown(text)}: it contains a line break, tab or control character"
+        )
+    if "@" in _netloc(text):
+        raise CMLInputError(
+            f"Invalid {what} {_shown(text)}: user:password in the URL is not allowed "
+            "(credentials inside a URL would leak into logs); put the key in CML_API_KEY"
+        )
     try:
         parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        raise CMLInputError(f"Invalid {what} {url!r}: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CMLInputError(f"Invalid {what} {url!r}: expected http(s)://host")
-    if parts.username is not None or parts.password is not None:
-        raise CMLInputError(
-            f"Invalid {what}: credentials inside a URL are not accepted; use CML_API_KEY"
-        )
+        raise CMLInputError(f"Invalid {what} {_shown(text)}: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise CMLInputError(f"Invalid {what} {_shown(text)}: expected http(s)://host")
+    if not _valid_host(parts.hostname) or port == 0:
+        raise CMLInputError(f"Invalid {what} {_shown(text)}: not a valid host name or port")
+    return parts
+
+
+def _base_url(parts: SplitResult) -> str:
+    assert parts.hostname is not None
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
-    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+    port = parts.port
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _valid_host(host: str) -> bool:
+    """A DNS name (labels of letters, digits, '-', '_') or an IP address."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.split(".")
+        return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+    return True
+
+
+def _netloc(text: str) -> str:
+    """The authority part of a URL-ish text (user info, host, port), without parsing it."""
+    rest = text.partition("://")[2] if "://" in text else text
+    return re.split(r"[/?#]", rest, maxsplit=1)[0]
+
+
+def _shown(text: str) -> str:
+    """A URL (or any input) as it may be shown: user info replaced, controls escaped, cut."""
+    netloc = _netloc(text)
+    if "@" in netloc:
+        text = text.replace(netloc, "***@" + netloc.rpartition("@")[2], 1)
+    shown = printable(text)
+    return "'" + (shown if len(shown) <= 200 else shown[:200] + "...") + "'"
 
 
 def is_loopback(base_url: str) -> bool:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cml_tasks.job import JobRef
+
+SERVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""An id CML hands out (engine and run ids, v2 project and job ids), with `fullmatch`.
+
+The documented shapes are narrower (an engine id is 16 lower-case letters and digits, a v2
+id `lv1g-4hu5-a359-wagc`); this is a little lenient, but never lets through whitespace,
+control characters, a path separator or a huge value, which would end up on a terminal or
+in a URL.
+"""
 
 
 class StartedRun(BaseModel):
@@ -88,6 +98,14 @@ class JobRun(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
     creator: str | None = None
     """The creator's username."""
+
+    @field_validator("id", "project_id", "job_id")
+    @classmethod
+    def _is_an_id(cls, value: str, info: ValidationInfo) -> str:
+        """Only `id` is required; the v2 ids may be left out (empty)."""
+        if (value or info.field_name == "id") and not SERVER_ID.fullmatch(value):
+            raise ValueError("not an id: expected up to 128 letters, digits, '-', '_' or '.'")
+        return value
 
     @field_validator("environment", mode="before")
     @classmethod

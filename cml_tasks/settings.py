@@ -6,15 +6,21 @@ fails the same way, before any request, when something is missing or malformed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cml_tasks._text import has_unsafe
 from cml_tasks.errors import CMLConfigError
 
 ENV_PREFIX = "CML_"
+MAX_TIMEOUT = 3600.0
+"""Seconds; a longer timeout is a typo (and `inf` would overflow the socket layer)."""
+_MAX_KEY = 1024
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
 
 class CMLSettings(BaseSettings):
@@ -42,8 +48,16 @@ class CMLSettings(BaseSettings):
     ca_bundle: Path | None = Field(
         default=None, description="CA bundle (PEM) to verify the server with."
     )
-    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
-    timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for an answer.")
+    connect_timeout: float = Field(
+        default=10.0, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False, description="Seconds to connect."
+    )
+    timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=MAX_TIMEOUT,
+        allow_inf_nan=False,
+        description="Seconds to wait for an answer.",
+    )
     allow_insecure_http: bool = Field(
         default=False,
         description="Allow sending the API key over plain http:// to a non-loopback host.",
@@ -56,35 +70,83 @@ class CMLSettings(BaseSettings):
             return None
         from cml_tasks.job import normalize_base_url
 
-        return normalize_base_url(value)
+        return normalize_base_url(value, what="CML_HOST")
 
     @field_validator("api_key", "api_v2_key")
     @classmethod
-    def _empty_key_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
-        """An empty key is a missing key: never send `Bearer ` or a blank Basic user."""
-        return value if value is not None and value.get_secret_value().strip() else None
+    def _key_is_one_token(cls, value: SecretStr | None) -> SecretStr | None:
+        """Blanks around a key are dropped; an empty key is a missing key (never send `Bearer `
+        or a blank Basic user); any other whitespace or control character (a CR from a .env
+        file saved on Windows) is an error here rather than a broken header later. The
+        message never shows the key."""
+        if value is None:
+            return None
+        key = value.get_secret_value().strip(" ")
+        if not key:
+            return None
+        if has_unsafe(key) or any(char.isspace() for char in key):
+            raise ValueError(
+                "the key contains whitespace or a control character (a Windows line ending "
+                "in a .env file?); remove it"
+            )
+        if len(key) > _MAX_KEY:
+            raise ValueError(f"the key is longer than {_MAX_KEY} characters")
+        return SecretStr(key)
 
     @field_validator("ca_bundle")
     @classmethod
-    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
+    def _ca_bundle_is_pem(cls, value: Path | None) -> Path | None:
+        """A file holding PEM certificates; the TLS layer reads it for real when a client is
+        made, and a broken one is reported as this setting then too."""
+        if value is None:
+            return None
+        if not value.is_file():
             raise ValueError(f"no such file: {value}")
+        try:
+            content = value.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+        if _PEM_CERTIFICATE not in content:
+            raise ValueError(f"{value} is not a PEM CA bundle (no {_PEM_CERTIFICATE.decode()})")
         return value
 
     @classmethod
-    def load(cls, **overrides: Any) -> CMLSettings:
-        """Read the settings; one `CMLConfigError` names every variable that is malformed."""
+    def load(cls, *, required: Iterable[str] = (), **overrides: Any) -> CMLSettings:
+        """Read the settings; one `CMLConfigError` names every variable that is malformed,
+        and every one of `required` that is missing."""
+        required = tuple(required)
         try:
-            return cls(**overrides)
+            settings = cls(**overrides)
         except ValidationError as exc:
-            problems = []
+            problems: dict[str, str] = {}
             for error in exc.errors():
                 field = str(error["loc"][0]) if error["loc"] else "?"
-                problems.append(f"{env_var(field)}: {error['msg']}")
+                message = error["msg"].removeprefix("Value error, ")
+                problems.setdefault(field, f"{env_var(field)}: {message}")
+            for field in cls._missing(required, set(problems), overrides):
+                problems[field] = f"{env_var(field)}: missing"
             raise CMLConfigError(
                 "Invalid CML settings; fix these environment variables (or .env entries): "
-                + "; ".join(problems)
+                + "; ".join(problems.values())
             ) from None
+        settings.require(*required)
+        return settings
+
+    @classmethod
+    def _missing(
+        cls, required: tuple[str, ...], malformed: set[str], overrides: dict[str, Any]
+    ) -> list[str]:
+        """Which `required` settings are unset, found with the malformed ones at defaults."""
+        if not required:
+            return []
+        defaults = {
+            name: cls.model_fields[name].default for name in malformed if name in cls.model_fields
+        }
+        try:
+            probe = cls(**{**overrides, **defaults})
+        except ValidationError:
+            return []
+        return [name for name in required if name not in malformed and getattr(probe, name) is None]
 
     def require(self, *fields: str) -> None:
         """Raise one `CMLConfigError` naming every listed setting that is unset."""

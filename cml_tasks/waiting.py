@@ -6,7 +6,14 @@ instead of once per run, and answers every waiter of that job. Every round is a 
 (`Cache-Control: no-cache`); no answer is reused for a later round.
 
 A poll that fails transiently (5xx, timeout, dropped connection, throttling, after the
-client's own retries) only delays the next answer: it never fails the run nor starts one.
+client's own retries) only delays the next answer: it never fails the run nor starts one. An
+answer that cannot be read (`CMLProtocolError`) fails the wait: asking again would not help.
+
+The maximum wait is a deadline: no sleep runs past it, no poll retries past it, and at the
+deadline the run's latest word decides - the stop call's answer (one try), or one more read
+when the run is left running. A run that ended meanwhile is reported as it ended, never as
+stopped by us; a stop that failed is reported as such. The whole wait thus lasts at most the
+deadline plus a couple of request timeouts.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 
-from cml_tasks._retry import is_retryable
+from cml_tasks._retry import NO_RETRY, RetryPolicy, is_retryable
 from cml_tasks.client import AsyncCMLClient, CMLClient
 from cml_tasks.errors import (
     CMLError,
@@ -136,7 +144,7 @@ class RunPoller:
                         self._cond.wait(max(0.0, min(limits)))
                 if lead:
                     try:
-                        self._round()
+                        self._round(_within(self.client.retry, deadline))
                     finally:
                         with self._cond:
                             self._polling = False
@@ -153,9 +161,9 @@ class RunPoller:
                     del self._watchers[key]
                     self._latest.pop(key, None)
                     self._errors.pop(key, None)
-        return _timed_out(self.client, current, max_wait, stop_on_timeout)
+        return _timed_out(self.client, current, max_wait, stop_on_timeout, on_change)
 
-    def _round(self) -> None:
+    def _round(self, retry: RetryPolicy | None = None) -> None:
         """One poll of every followed run: one listing per job, GETs only for what it missed."""
         with self._cond:
             by_job: dict[JobRef, list[JobRun]] = {}
@@ -164,7 +172,7 @@ class RunPoller:
                     by_job.setdefault(job, []).append(run)
         for job, runs in by_job.items():
             try:
-                fresh = self._poll_job(job, runs)
+                fresh = self._poll_job(job, runs, retry)
             except CMLError as error:
                 if not is_retryable(error):
                     with self._cond:
@@ -180,13 +188,16 @@ class RunPoller:
                     if (job, run.id) in self._latest:
                         self._latest[(job, run.id)] = run
 
-    def _poll_job(self, job: JobRef, runs: list[JobRun]) -> list[JobRun]:
+    def _poll_job(self, job: JobRef, runs: list[JobRun], retry: RetryPolicy | None) -> list[JobRun]:
         if len(runs) == 1:
-            return [self.client.get_run(job, runs[0].id)]
+            return [self.client.get_run(job, runs[0].id, retry=retry)]
         wanted = {run.id for run in runs}
         oldest = min((r.created_at for r in runs if r.created_at), default=None)
         fresh: list[JobRun] = []
-        for listed in self.client.list_runs(job, page_size=_LIST_PAGE_SIZE, sort="-created_at"):
+        listing = self.client.list_runs(
+            job, page_size=_LIST_PAGE_SIZE, sort="-created_at", retry=retry
+        )
+        for listed in listing:
             if listed.id in wanted:
                 fresh.append(listed)
                 wanted.discard(listed.id)
@@ -195,7 +206,7 @@ class RunPoller:
             if oldest and listed.created_at and listed.created_at < oldest - _CREATED_SKEW:
                 break
         # Missing from the listing (e.g. a lagging index): ask for each directly.
-        return fresh + [self.client.get_run(job, run_id) for run_id in sorted(wanted)]
+        return fresh + [self.client.get_run(job, run_id, retry=retry) for run_id in sorted(wanted)]
 
 
 def wait_for_run(
@@ -249,11 +260,14 @@ async def async_wait_for_run(
                         f"Stopped CML run {run.id}: the Prefect run was cancelled",
                         job_url=run.job.page_url,
                     )
-                await asyncio.sleep(min(_TICK, next_poll - now))
+                limits = [_TICK, next_poll - now]
+                if deadline is not None:
+                    limits.append(deadline - now)
+                await asyncio.sleep(min(limits))
             if deadline is not None and time.monotonic() >= deadline:
                 break
             try:
-                run = await client.get_run(run.job, run.id)
+                run = await client.get_run(run.job, run.id, retry=_within(client.retry, deadline))
             except CMLError as error:
                 if not is_retryable(error):
                     raise
@@ -263,21 +277,60 @@ async def async_wait_for_run(
             await asyncio.shield(_astop_quietly(client, run, f"interrupted ({type(exc).__name__})"))
         raise
     if stop_on_timeout:
-        await _astop_quietly(client, run, f"no end within the maximum wait of {max_wait:g} s")
-    raise _timeout_error(run, max_wait, stop_on_timeout)
+        why = f"no end within the maximum wait of {max_wait:g} s"
+        answer = await _astop_quietly(client, run, why, retry=NO_RETRY)
+    else:
+        answer = await _aread_quietly(client, run)
+    return _outcome(run, answer, max_wait, stop_on_timeout, on_change)
+
+
+def _within(policy: RetryPolicy, deadline: float | None) -> RetryPolicy | None:
+    """`policy` with no retry starting past `deadline` (None: no deadline, the client's own)."""
+    if deadline is None:
+        return None
+    return replace(policy, timeout=min(policy.timeout, max(0.0, deadline - time.monotonic())))
 
 
 def _timed_out(
-    client: CMLClient, run: JobRun, max_wait: float | None, stop_on_timeout: bool
+    client: CMLClient,
+    run: JobRun,
+    max_wait: float | None,
+    stop_on_timeout: bool,
+    on_change: OnChange | None,
 ) -> JobRun:
+    """At the maximum wait: stop the run (one try) or read it once more, then decide."""
     if stop_on_timeout:
-        _stop_quietly(client, run, f"no end within the maximum wait of {max_wait:g} s")
-    raise _timeout_error(run, max_wait, stop_on_timeout)
+        why = f"no end within the maximum wait of {max_wait:g} s"
+        answer = _stop_quietly(client, run, why, retry=NO_RETRY)
+    else:
+        answer = _read_quietly(client, run)
+    return _outcome(run, answer, max_wait, stop_on_timeout, on_change)
 
 
-def _timeout_error(run: JobRun, max_wait: float | None, stopped: bool) -> CMLWaitTimeout:
-    action = "stopped it" if stopped else "left it running"
-    return CMLWaitTimeout(
+def _outcome(
+    run: JobRun,
+    answer: JobRun | CMLError,
+    max_wait: float | None,
+    stop_on_timeout: bool,
+    on_change: OnChange | None,
+) -> JobRun:
+    """A run that ended on its own by the deadline is returned as it ended (the stop call
+    leaves a finished run as it is and says so); otherwise `CMLWaitTimeout`, saying truly
+    whether we stopped it."""
+    if isinstance(answer, JobRun):
+        if on_change is not None and answer.status is not run.status:
+            on_change(answer)
+        ended_by_us = stop_on_timeout and answer.status is RunStatus.STOPPED
+        if answer.is_terminal and not ended_by_us:
+            return answer
+        run = answer
+    if not stop_on_timeout:
+        action, stopped = "left it running", False
+    elif isinstance(answer, CMLError):
+        action, stopped = f"could not stop it, it may still be running ({answer})", False
+    else:
+        action, stopped = "stopped it", True
+    raise CMLWaitTimeout(
         f"CML run {run.id} of {run.job.slug} was still {run.status.short} after the maximum "
         f"wait of {max_wait:g} s; {action} (run page: {run.page_url})",
         run=run,
@@ -285,18 +338,39 @@ def _timeout_error(run: JobRun, max_wait: float | None, stopped: bool) -> CMLWai
     )
 
 
-def _stop_quietly(client: CMLClient, run: JobRun, why: str) -> None:
-    """Stop a run we give up on; a failure to stop is logged, never hides the reason."""
+def _stop_quietly(
+    client: CMLClient, run: JobRun, why: str, *, retry: RetryPolicy | None = None
+) -> JobRun | CMLError:
+    """Stop a run we give up on: its answer, or the error (logged, never hiding the reason)."""
     logger.warning("Stopping CML run %s of %s: %s (%s)", run.id, run.job.slug, why, run.page_url)
     try:
-        client.stop_run(run.job, run.id)
+        return client.stop_run(run.job, run.id, retry=retry)
     except CMLError as error:
         logger.error("Could not stop CML run %s: %s", run.id, error)
+        return error
 
 
-async def _astop_quietly(client: AsyncCMLClient, run: JobRun, why: str) -> None:
+def _read_quietly(client: CMLClient, run: JobRun) -> JobRun | CMLError:
+    """One last read of a run left running (one try): it may have ended since the last poll."""
+    try:
+        return client.get_run(run.job, run.id, retry=NO_RETRY)
+    except CMLError as error:
+        return error
+
+
+async def _astop_quietly(
+    client: AsyncCMLClient, run: JobRun, why: str, *, retry: RetryPolicy | None = None
+) -> JobRun | CMLError:
     logger.warning("Stopping CML run %s of %s: %s (%s)", run.id, run.job.slug, why, run.page_url)
     try:
-        await client.stop_run(run.job, run.id)
+        return await client.stop_run(run.job, run.id, retry=retry)
     except CMLError as error:
         logger.error("Could not stop CML run %s: %s", run.id, error)
+        return error
+
+
+async def _aread_quietly(client: AsyncCMLClient, run: JobRun) -> JobRun | CMLError:
+    try:
+        return await client.get_run(run.job, run.id, retry=NO_RETRY)
+    except CMLError as error:
+        return error

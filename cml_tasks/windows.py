@@ -93,7 +93,7 @@ _EVERY_FORMS = (
     "year/yearly/years, optionally preceded by a count N >= 1 and/or 'every' "
     "(e.g. 'month', '3 months', 'every 2 weeks')"
 )
-_EVERY_RE = re.compile(r"^(?:every\s+)?(?:(\d+)\s*)?([a-z]+)$")
+_EVERY_RE = re.compile(r"(?:every\s+)?(?:(\d+)\s*)?([a-z]+)")
 
 
 def _unit_from_word(word: str) -> Unit | None:
@@ -345,7 +345,7 @@ class Cadence(BaseModel):
 def _parse_every_fields(text: str) -> dict[str, Any]:
     if not isinstance(text, str):
         raise CMLInputError(f"cadence must be text such as '3 months', got {text!r}")
-    match = _EVERY_RE.match(" ".join(text.strip().lower().split()))
+    match = _EVERY_RE.fullmatch(" ".join(text.strip().lower().split()))
     unit = _unit_from_word(match.group(2)) if match else None
     if match is None or unit is None:
         raise CMLInputError(f"unknown frequency {text!r}: accepted {_EVERY_FORMS}")

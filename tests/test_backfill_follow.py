@@ -208,7 +208,7 @@ def test_follow_needs_the_v2_key(emu: Emulator, monkeypatch: pytest.MonkeyPatch)
 def test_cli_follow(emu: Emulator) -> None:
     url = emu.job_url("alice", "risk-analysis", "209")
     args = ["backfill", url, "--from", "2017-01-01", "--to", "2017-02-28", "--follow"]
-    result = CliRunner().invoke(app, [*args, "--poll", "0.05s", "--json"])
+    result = CliRunner().invoke(app, [*args, "--poll", "1s", "--json"])
     assert result.exit_code == ExitCode.FAILURE, result.output
     report = json.loads(result.stdout)
     assert [o["result"] for o in report["outcomes"]] == ["run_failed", "run_failed"]

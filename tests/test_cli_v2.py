@@ -48,7 +48,7 @@ def invoke(*args: str) -> tuple[int, str]:
 def test_start_wait_exits_with_the_outcome(cml: Emulator, job_id: str, code: int) -> None:
     url = cml.job_url("alice", "risk-analysis", job_id)
     exit_code, output = invoke(
-        "start", url, "-e", "START_DATE=2017-01-01", "--wait", "--poll", "0.05s"
+        "start", url, "-e", "START_DATE=2017-01-01", "--wait", "--poll", "1s"
     )
     assert exit_code == code, output
     assert f"{url}/runs/" in output
@@ -56,7 +56,7 @@ def test_start_wait_exits_with_the_outcome(cml: Emulator, job_id: str, code: int
 
 def test_start_wait_timeout_stops_the_run(cml: Emulator) -> None:
     url = cml.job_url("alice", "risk-analysis", "211")
-    exit_code, output = invoke("start", url, "--wait", "--timeout", "0.3s", "--poll", "0.05")
+    exit_code, output = invoke("start", url, "--wait", "--timeout", "1s", "--poll", "1s")
     assert exit_code == ExitCode.WAIT_TIMEOUT, output
     assert cml.runs()[-1]["stop_requested"]
 

@@ -183,3 +183,82 @@ def test_async_wait_tolerates_flaky_polls_and_stops_on_cancel(emu: Emulator) -> 
             assert next(r for r in emu.runs() if r["id"] == late.id)["stop_requested"]
 
     asyncio.run(scenario())
+
+
+# --- the deadline: a run that ended meanwhile, an unreachable CML, garbled polls -------------
+
+
+def test_run_ending_after_the_last_poll_is_reported_as_it_ended() -> None:
+    """Job 208 succeeds at +1.4 s; with polls every 10 s the only poll before the 3 s deadline
+    saw it running. The stop call's answer says SUCCEEDED: that is the outcome, not a stop."""
+    from typer.testing import CliRunner
+
+    from cml_tasks.cli import ExitCode, app
+
+    with Emulator() as cml:
+        url = cml.job_url("alice", "risk-analysis", "208")
+        started = time.monotonic()
+        result = CliRunner().invoke(
+            app,
+            ["start", url, "--wait", "--poll", "10s", "--timeout", "3s"],
+            env={"CML_API_V2_KEY": DEFAULT_V2_KEY},
+        )
+        elapsed = time.monotonic() - started
+        assert result.exit_code == ExitCode.OK, result.output
+        assert "succeeded" in result.output and "stopped it" not in result.output
+        assert cml.runs()[-1]["status"] == RunStatus.SUCCEEDED.value
+        assert elapsed < 6, elapsed  # slept until the deadline, not a whole poll interval
+
+
+def test_unreachable_cml_at_the_deadline_says_could_not_stop(emu: Emulator) -> None:
+    """CML stops answering mid-wait: the wait still ends near its deadline, and it never
+    claims to have stopped a run it could not reach."""
+    from typer.testing import CliRunner
+
+    from cml_tasks.cli import ExitCode, app
+
+    url = emu.job_url("alice", "risk-analysis", "211")
+    emu.inject(Fault(endpoint="v2.get_run", kind="drop"))
+    emu.inject(Fault(endpoint="v2.stop_run", kind="drop"))
+    since = len(emu.requests())
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        app,
+        ["start", url, "--wait", "--poll", "1s", "--timeout", "3s"],
+        env={"CML_API_V2_KEY": DEFAULT_V2_KEY, "CML_TIMEOUT": "2"},
+    )
+    elapsed = time.monotonic() - started
+    assert result.exit_code == ExitCode.WAIT_TIMEOUT, result.output
+    assert "could not stop it" in result.output
+    assert "stopped it" not in result.output
+    assert elapsed < 3 + 2 * 2 + 1, elapsed  # the deadline plus request timeouts, no retries
+    assert len(requests_to(emu, "v2.stop_run", since)) == 1  # one try at the deadline
+
+
+def test_garbled_polls_fail_the_wait_instead_of_polling_forever(
+    emu: Emulator, client: CMLClient
+) -> None:
+    run = client.create_run(emu.job_url("alice", "risk-analysis", "211"))
+    emu.inject(Fault(endpoint="v2.get_run", kind="answer", body="<html>proxy login</html>"))
+    since = len(emu.requests())
+    from cml_tasks import CMLProtocolError
+
+    with pytest.raises(CMLProtocolError, match="without a JSON object"):
+        wait_for_run(client, run, poll_interval=0.05, max_wait=30, on_change=None)
+    assert len(requests_to(emu, "v2.get_run", since)) == 1  # not retried, not polled again
+    client.stop_run(run.job, run.id)
+
+
+def test_garbled_polls_fail_the_async_wait(emu: Emulator) -> None:
+    from cml_tasks import CMLProtocolError
+
+    async def follow() -> None:
+        settings = CMLSettings.load(host=None, api_v2_key=DEFAULT_V2_KEY)
+        async with AsyncCMLClient(settings, retry=RETRY) as cml:
+            run = await cml.create_run(emu.job_url("alice", "risk-analysis", "211"))
+            emu.inject(Fault(endpoint="v2.get_run", kind="answer", body='{"id": "a b"}'))
+            with pytest.raises(CMLProtocolError, match="invalid fields"):
+                await async_wait_for_run(cml, run, poll_interval=0.05, on_change=None)
+            await cml.stop_run(run.job, run.id)
+
+    asyncio.run(follow())

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import _admin, _pages, _v1, _v2
 from ._connection import drop_connection
 from ._faults import ENDPOINTS, Fault
-from ._http import ApiError, error_response
+from ._http import V2_MEDIA_TYPE, ApiError, error_response
 from ._state import EmulatorState, RequestRecord, rfc3339
 
 
@@ -137,6 +137,10 @@ class _Frontdoor:
             elif fault.kind == "lost_answer":
                 await self.app(scope, receive, swallow)
                 await hang_up()
+            elif fault.kind == "answer":
+                await _canned(fault)(scope, receive, send_with_id)
+            elif fault.kind == "drip":
+                await self.app(scope, receive, _dripping(send_with_id, fault.seconds))
             else:
                 await _injected_error(scope, fault)(scope, receive, send_with_id)
         finally:
@@ -164,6 +168,43 @@ async def _buffered(receive: Receive) -> Receive | None:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+def _canned(fault: Fault) -> Response:
+    """The answer an ``answer`` fault describes, whatever the request was; nothing is done."""
+    return Response(
+        (fault.body * fault.body_repeat).encode(),
+        status_code=fault.status,
+        headers=fault.headers,
+        media_type=None if "content-type" in {k.lower() for k in fault.headers} else V2_MEDIA_TYPE,
+    )
+
+
+def _dripping(send: Send, seconds: float) -> Send:
+    """The real answer, its body sent one byte every ``seconds``."""
+
+    async def drip(message: Message) -> None:
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        body: bytes = message.get("body", b"")
+        for index in range(len(body)):
+            await send(
+                {"type": "http.response.body", "body": body[index : index + 1], "more_body": True}
+            )
+            try:
+                await asyncio.sleep(seconds)
+            except asyncio.CancelledError:
+                return  # the emulator is shutting down mid-drip: the answer ends here
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"",
+                "more_body": message.get("more_body", False),
+            }
+        )
+
+    return drip
 
 
 def _injected_error(scope: Scope, fault: Fault) -> Response:

@@ -2,7 +2,9 @@
 
 A client is only as good as its handling of a server that is slow, throttles, fails, or hangs
 up - before doing the work (``drop``) or after (``lost_answer``, the case that makes a blind
-retry start a job twice). Faults make those cases reproducible.
+retry start a job twice) - or that answers garbage (``answer``: any status, headers and body,
+e.g. a 200 that is not JSON, a 20 MB body, a redirect) or dribbles its answer out (``drip``).
+Faults make those cases reproducible.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ ENDPOINTS: tuple[str, ...] = (
 )
 """Names of the API endpoints faults can target (``"*"`` targets all of them)."""
 
-FaultKind = Literal["latency", "429", "500", "502", "503", "504", "drop", "lost_answer"]
+FaultKind = Literal[
+    "latency", "429", "500", "502", "503", "504", "drop", "lost_answer", "answer", "drip"
+]
 
 
 class Fault(BaseModel):
@@ -46,8 +50,18 @@ class Fault(BaseModel):
     calls: tuple[int, ...] | None = None
     times: int | None = Field(default=None, ge=1)
     seed: int | None = None
-    seconds: float = Field(default=1.0, ge=0.0, description="delay of a `latency` fault")
+    seconds: float = Field(
+        default=1.0, ge=0.0, description="delay of a `latency` fault; per byte of a `drip`"
+    )
     retry_after: int = Field(default=1, ge=0, description="Retry-After of a `429` fault")
+    status: int = Field(default=200, ge=100, le=599, description="status of an `answer` fault")
+    body: str = Field(default="", description="body of an `answer` fault")
+    body_repeat: int = Field(
+        default=1, ge=1, description="`body` repeated this many times (huge answers)"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="headers of an `answer` fault"
+    )
 
     @field_validator("kind", mode="before")
     @classmethod

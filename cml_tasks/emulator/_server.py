@@ -24,15 +24,23 @@ class Emulator:
     """A real CML HTTP server on a local port, seeded from ``config`` (or :func:`default_config`).
 
     ``port=0`` picks a free port. Use as a context manager, or call :meth:`start`/:meth:`stop`.
-    Runs, requests and faults persist across a stop and a new start.
+    Runs, requests and faults persist across a stop and a new start. With ``ssl_certfile`` and
+    ``ssl_keyfile`` (PEM) it serves HTTPS, to test clients' certificate handling.
     """
 
     def __init__(
-        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: EmulatorConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self.config = config if config is not None else default_config()
         self.host = host
         self._port = port
+        self._tls = _TLS(ssl_certfile, ssl_keyfile)
         self._state = EmulatorState(self.config)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -69,7 +77,7 @@ class Emulator:
         if self._thread is not None:
             raise RuntimeError("the emulator is already running")
         sock = _bind(self.host, self._port)
-        server = uvicorn.Server(_uvicorn_config(self._state, foreground=False))
+        server = uvicorn.Server(_uvicorn_config(self._state, foreground=False, tls=self._tls))
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="cml-emulator", daemon=True
         )
@@ -82,7 +90,7 @@ class Emulator:
                 raise RuntimeError("the CML emulator failed to start (see the log above)")
             time.sleep(0.01)
         self._server, self._thread = server, thread
-        self._url = _base_url(self.host, sock.getsockname()[1])
+        self._url = _base_url(self.host, sock.getsockname()[1], https=self._tls.enabled)
         return self
 
     def stop(self) -> None:
@@ -110,15 +118,37 @@ class Emulator:
         self.stop()
 
 
-def serve(host: str, port: int, config: EmulatorConfig) -> None:
+def serve(
+    host: str,
+    port: int,
+    config: EmulatorConfig,
+    *,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+) -> None:
     """Serve in the foreground until interrupted (Ctrl+C), after printing where and as whom."""
+    tls = _TLS(ssl_certfile, ssl_keyfile)
     state = EmulatorState(config)
     sock = _bind(host, port)
-    print(_banner(_base_url(host, sock.getsockname()[1]), config), flush=True)
-    uvicorn.Server(_uvicorn_config(state, foreground=True)).run(sockets=[sock])
+    print(_banner(_base_url(host, sock.getsockname()[1], https=tls.enabled), config), flush=True)
+    uvicorn.Server(_uvicorn_config(state, foreground=True, tls=tls)).run(sockets=[sock])
 
 
-def _uvicorn_config(state: EmulatorState, foreground: bool) -> uvicorn.Config:
+class _TLS:
+    """The certificate and key to serve HTTPS with; both or neither."""
+
+    def __init__(self, certfile: str | None, keyfile: str | None) -> None:
+        if (certfile is None) != (keyfile is None):
+            raise ValueError("HTTPS needs both ssl_certfile and ssl_keyfile")
+        self.certfile = certfile
+        self.keyfile = keyfile
+
+    @property
+    def enabled(self) -> bool:
+        return self.certfile is not None
+
+
+def _uvicorn_config(state: EmulatorState, foreground: bool, tls: _TLS) -> uvicorn.Config:
     """In the foreground, uvicorn's own access log; in a host process, its logging left alone."""
     return uvicorn.Config(
         build_app(state),
@@ -127,6 +157,8 @@ def _uvicorn_config(state: EmulatorState, foreground: bool) -> uvicorn.Config:
         log_config=LOGGING_CONFIG if foreground else None,
         server_header=False,
         timeout_graceful_shutdown=1,
+        ssl_certfile=tls.certfile,
+        ssl_keyfile=tls.keyfile,
     )
 
 
@@ -148,10 +180,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _base_url(host: str, port: int) -> str:
+def _base_url(host: str, port: int, *, https: bool = False) -> str:
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if https else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _banner(url: str, config: EmulatorConfig) -> str:

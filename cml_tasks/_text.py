@@ -1,0 +1,30 @@
+"""Text from a server or a user, made safe to show on a terminal or in a log.
+
+A server answer (an id, a status message) or an echoed input can carry a newline that forges
+an extra output line, or an escape sequence that rewrites the terminal. Everything shown to a
+person goes through `printable`, which escapes such characters instead of emitting them.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 and C1 controls, DEL, and the Unicode line separators and bidirectional overrides that
+# can make shown text read differently from what it is.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: object) -> str:
+    """`str(text)` with every control character escaped (`\\n` shown as `\\x0a`)."""
+    return _UNSAFE.sub(_escape, str(text))
+
+
+def has_unsafe(text: str) -> bool:
+    """True when `text` holds a character `printable` would escape."""
+    return _UNSAFE.search(text) is not None

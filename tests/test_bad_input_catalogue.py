@@ -1,0 +1,472 @@
+"""The bad-input catalogue: every class of bad setting, job URL, environment assignment,
+window option and command option, and every kind of hostile answer, run through `cml-jobs`
+in-process against the emulator. Each case asserts its message, its documented exit code,
+how many requests reached CML (none for bad input) and that no traceback is printed.
+
+README: "Bad input and hostile answers" summarises this table by class.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from typer.testing import CliRunner
+
+from cml_tasks.cli import ExitCode, app
+from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator, Fault
+
+KEYS = {"CML_API_KEY": DEFAULT_V1_KEY, "CML_API_V2_KEY": DEFAULT_V2_KEY}
+JOB = "{base}/alice/risk-analysis/jobs/208"
+RUN_JSON = {
+    "id": "abcdefgh12345678",
+    "project_id": "lv1g-4hu5-a359-wagc",
+    "job_id": "208",
+    "status": "ENGINE_RUNNING",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input or hostile answer and what `cml-jobs` must make of it."""
+
+    args: tuple[str, ...]
+    code: ExitCode
+    message: str
+    env: dict[str, str | None] = field(default_factory=dict)
+    fault: Fault | None = None
+    sent: int | None = 0
+    """Requests CML may see (None: not counted); bad input sends none."""
+    hidden: tuple[str, ...] = ()
+    """Text that must not appear (a secret, a raw escape, a redirect's query)."""
+
+
+def answer(endpoint: str, body: object = "", **options: object) -> Fault:
+    text = body if isinstance(body, str) else json.dumps(body)
+    return Fault(endpoint=endpoint, kind="answer", body=text, **options)  # type: ignore[arg-type]
+
+
+START = ("start", JOB)
+WAIT = ("start", JOB, "--wait")
+RUNS = ("runs", JOB)
+STOP = ("stop", JOB, "abcdefgh12345678")
+WINDOWS = ("windows", "--from", "2017-01-01", "--to", "2017-12-31")
+BAD = ExitCode.BAD_INPUT
+CR_KEY = DEFAULT_V2_KEY + "\r"
+
+CASES: dict[str, Case] = {
+    # --- settings (environment variables) ---------------------------------------------------
+    "timeout inf": Case(
+        START, BAD, "CML_TIMEOUT: Input should be a finite number", {"CML_TIMEOUT": "inf"}
+    ),
+    "timeout nan": Case(
+        START, BAD, "CML_TIMEOUT: Input should be a finite number", {"CML_TIMEOUT": "nan"}
+    ),
+    "timeout 1e300": Case(
+        START,
+        BAD,
+        "CML_TIMEOUT: Input should be less than or equal to 3600",
+        {"CML_TIMEOUT": "1e300"},
+    ),
+    "timeout negative": Case(
+        START, BAD, "CML_TIMEOUT: Input should be greater than 0", {"CML_TIMEOUT": "-1"}
+    ),
+    "connect timeout inf": Case(
+        START,
+        BAD,
+        "CML_CONNECT_TIMEOUT: Input should be a finite number",
+        {"CML_CONNECT_TIMEOUT": "inf"},
+    ),
+    "malformed and missing": Case(
+        START, BAD, "CML_API_KEY: missing", {"CML_TIMEOUT": "soon", "CML_API_KEY": None}
+    ),
+    "CA bundle not PEM": Case(
+        START,
+        BAD,
+        "CML_CA_BUNDLE: /etc/hostname is not a PEM CA bundle",
+        {"CML_CA_BUNDLE": "/etc/hostname"},
+    ),
+    "CA bundle missing": Case(
+        START, BAD, "CML_CA_BUNDLE: no such file", {"CML_CA_BUNDLE": "/nonexistent/ca.pem"}
+    ),
+    "verify tls perhaps": Case(START, BAD, "CML_VERIFY_TLS", {"CML_VERIFY_TLS": "perhaps"}),
+    "insecure http maybe": Case(
+        START, BAD, "CML_ALLOW_INSECURE_HTTP", {"CML_ALLOW_INSECURE_HTTP": "maybe"}
+    ),
+    "host not a url": Case(
+        START, BAD, "CML_HOST: Invalid CML_HOST 'not a url'", {"CML_HOST": "not a url"}
+    ),
+    "host with path": Case(START, BAD, "without a path or query", {"CML_HOST": "{base}/cml"}),
+    "host with query": Case(START, BAD, "without a path or query", {"CML_HOST": "{base}?next=x"}),
+    "host ftp": Case(
+        START, BAD, "CML_HOST: Invalid CML_HOST 'ftp://cml'", {"CML_HOST": "ftp://cml"}
+    ),
+    "host user info": Case(
+        START,
+        BAD,
+        "user:password in the URL is not allowed",
+        {"CML_HOST": "https://bob:S3CRET@cml.example.com"},
+        hidden=("S3CRET",),
+    ),
+    "host line break": Case(START, BAD, "line break", {"CML_HOST": "https://cml.exa\nmple.com"}),
+    "host bad name": Case(
+        START, BAD, "not a valid host name", {"CML_HOST": "https://cml_!.example.com"}
+    ),
+    "v1 key with CR": Case(
+        START,
+        BAD,
+        "CML_API_KEY: the key contains whitespace or a control character",
+        {"CML_API_KEY": DEFAULT_V1_KEY + "\r"},
+        hidden=(DEFAULT_V1_KEY,),
+    ),
+    "v2 key with CR": Case(
+        WAIT,
+        BAD,
+        "CML_API_V2_KEY: the key contains whitespace",
+        {"CML_API_V2_KEY": CR_KEY},
+        hidden=(DEFAULT_V2_KEY,),
+    ),
+    "key with inner space": Case(
+        START,
+        BAD,
+        "CML_API_KEY: the key contains whitespace",
+        {"CML_API_KEY": "abc def"},
+        hidden=("abc def",),
+    ),
+    "v1 key missing": Case(START, BAD, "CML_API_KEY", {"CML_API_KEY": None}),
+    "v2 key missing": Case(RUNS, BAD, "CML_API_V2_KEY", {"CML_API_V2_KEY": None}),
+    # --- job URLs --------------------------------------------------------------------------
+    "job not a url": Case(("start", "not-a-job"), BAD, "Invalid job 'not-a-job'"),
+    "job url password": Case(
+        ("start", "http://alice:PW@127.0.0.1:99999/alice/p/jobs/1"),
+        BAD,
+        "user:password in the URL is not allowed",
+        hidden=(":PW@",),
+    ),
+    "job url ftp password": Case(
+        ("start", "ftp://alice:PW@127.0.0.1/alice/p/jobs/1"),
+        BAD,
+        "'ftp://***@127.0.0.1/alice/p/jobs/1'",
+        hidden=(":PW@",),
+    ),
+    "job slug newline": Case(
+        ("start", "alice\n/risk-analysis/208"),
+        BAD,
+        "Invalid username or team",
+        {"CML_HOST": "{base}"},
+    ),
+    "job url newline": Case(
+        ("start", "{base}/alice/risk-analysis/jobs/2\n08"),
+        BAD,
+        "line break, tab or control character",
+    ),
+    "job url escape": Case(
+        ("start", "{base}/alice/risk\x1b[2J/jobs/208"), BAD, "risk\\x1b[2J", hidden=("\x1b",)
+    ),
+    "job url port": Case(
+        ("start", "https://cml.example.com:99999/alice/p/jobs/1"), BAD, "Invalid job URL"
+    ),
+    "job url too long": Case(
+        ("start", "https://cml.example.com/" + "a" * 3000), BAD, "longer than 2048"
+    ),
+    "job url bad host": Case(
+        ("start", "https://bad_host_!/alice/p/jobs/1"), BAD, "not a valid host name"
+    ),
+    "job url not a job page": Case(
+        ("start", "{base}/alice/risk-analysis/jobs/208/history"), BAD, "Overview page URL"
+    ),
+    "job on another host": Case(
+        START,
+        BAD,
+        "refusing to send the API key to another host",
+        {"CML_HOST": "https://cml.example.com"},
+    ),
+    "plain http remote": Case(
+        ("start", "http://cml.example.com/alice/p/jobs/1"), BAD, "CML_ALLOW_INSECURE_HTTP"
+    ),
+    # --- environment assignments -----------------------------------------------------------
+    "env without =": Case((*START, "-e", "START_DATE"), BAD, "expected NAME=VALUE"),
+    "env digit name": Case((*START, "-e", "1X=2"), BAD, "Invalid environment variable name '1X'"),
+    "env newline name": Case(
+        (*START, "-e", "A\n=x"), BAD, "Invalid environment variable name 'A\\n'"
+    ),
+    "env twice": Case(
+        (*START, "-e", "A=1", "-e", "A=2"), BAD, "Environment variable A is given twice"
+    ),
+    "env empty name": Case((*START, "-e", "=x"), BAD, "Invalid environment variable name ''"),
+    "env space name": Case((*START, "-e", "A B=x"), BAD, "Invalid environment variable name 'A B'"),
+    # --- windows: dates and window options --------------------------------------------------
+    "window bad month": Case(
+        ("windows", "--from", "2017-13-01", "--to", "2017-12-31"), BAD, "month must be in 1..12"
+    ),
+    "window end before start": Case(
+        ("windows", "--from", "2017-03-01", "--to", "2017-01-31"), BAD, "is before start"
+    ),
+    "window short year": Case(
+        ("windows", "--from", "1-01-01", "--to", "2017-12-31"), BAD, "expected YYYY-MM-DD"
+    ),
+    "window cadence": Case((*WINDOWS, "--every", "fortnight"), BAD, "'3 months'"),
+    "window time zone": Case(
+        (*WINDOWS, "--timezone", "Mars/Olympus"), BAD, "unknown time zone 'Mars/Olympus'"
+    ),
+    "window week start": Case(
+        (*WINDOWS, "--every", "week", "--week-start", "someday"), BAD, "invalid week start"
+    ),
+    "window set": Case((*WINDOWS, "--set", "A"), BAD, "expected NAME=VALUE"),
+    "window start var": Case(
+        (*WINDOWS, "--start-var", "1X"), BAD, "invalid environment variable name '1X'"
+    ),
+    "window date format": Case((*WINDOWS, "--date-format", "nodate"), BAD, "renders no date"),
+    # --- start options ---------------------------------------------------------------------
+    "timeout without wait": Case(
+        (*START, "--timeout", "3s"), BAD, "--timeout only applies with --wait"
+    ),
+    "poll without wait": Case((*START, "--poll", "10s"), BAD, "--poll only applies with --wait"),
+    "poll nan": Case(
+        (*WAIT, "--poll", "nan"), BAD, "Invalid --poll 'nan': must be a finite duration"
+    ),
+    "poll inf": Case(
+        (*WAIT, "--poll", "inf"), BAD, "Invalid --poll 'inf': must be a finite duration"
+    ),
+    "poll microsecond": Case((*WAIT, "--poll", "0.000001s"), BAD, "must be between 1s and 7d"),
+    "poll a month": Case((*WAIT, "--poll", "30d"), BAD, "must be between 1s and 7d"),
+    "timeout negative option": Case((*WAIT, "--timeout", "-1s"), BAD, "must be between 1s and 7d"),
+    "timeout words": Case(
+        (*WAIT, "--timeout", "soon"), BAD, "Invalid --timeout 'soon': use e.g. 90s"
+    ),
+    # --- runs and stop options -------------------------------------------------------------
+    "limit negative": Case((*RUNS, "--limit", "-5"), BAD, "--limit"),
+    "limit zero": Case((*RUNS, "--limit", "0"), BAD, "--limit"),
+    "limit huge": Case((*RUNS, "--limit", "5000"), BAD, "--limit"),
+    "status bogus": Case(
+        (*RUNS, "--status", "bogus"), BAD, "Invalid --status 'bogus': use one of scheduling"
+    ),
+    "status with space": Case((*RUNS, "--status", "run ning"), BAD, "Invalid --status"),
+    "run id with space": Case(("stop", JOB, "a b"), BAD, "Invalid run id 'a b'"),
+    "run id newline": Case(("stop", JOB, "abc\n"), BAD, "Invalid run id 'abc\\n'"),
+    "run id path": Case(("stop", JOB, "../../x"), BAD, "Invalid run id '../../x'"),
+    "run id huge": Case(("stop", JOB, "x" * 500), BAD, "Invalid run id"),
+    # --- hostile answers -------------------------------------------------------------------
+    "start 200 not JSON": Case(
+        START,
+        ExitCode.OUTCOME_UNKNOWN,
+        "answered 200 without an engine id",
+        fault=answer("v1.start", "<html>login</html>"),
+        sent=1,
+    ),
+    "start 200 forged lines": Case(
+        START,
+        ExitCode.OUTCOME_UNKNOWN,
+        "answered 200 with an invalid engine id",
+        fault=answer(
+            "v1.start", {"engine_id": "abc\n  job page: https://evil.example\x1b]0;pwned\x07"}
+        ),
+        sent=1,
+        hidden=("evil.example", "\x1b"),
+    ),
+    "start 200 number id": Case(
+        START,
+        ExitCode.OUTCOME_UNKNOWN,
+        "without an engine id",
+        fault=answer("v1.start", {"engine_id": 5}),
+        sent=1,
+    ),
+    "start 200 empty object": Case(
+        START,
+        ExitCode.OUTCOME_UNKNOWN,
+        "without an engine id",
+        fault=answer("v1.start", {}),
+        sent=1,
+    ),
+    "start 200 oversized id": Case(
+        START,
+        ExitCode.OUTCOME_UNKNOWN,
+        "with an invalid engine id",
+        fault=answer("v1.start", {"engine_id": "x" * 1000}),
+        sent=1,
+    ),
+    "start 200 20 MB": Case(
+        START,
+        ExitCode.OUTCOME_UNKNOWN,
+        "with more than 1048576 bytes",
+        fault=answer("v1.start", "x", body_repeat=20_000_000),
+        sent=1,
+    ),
+    "start 200 bad gzip": Case(
+        START,
+        ExitCode.OUTCOME_UNKNOWN,
+        "could not be decoded",
+        fault=answer("v1.start", "not gzip", headers={"Content-Encoding": "gzip"}),
+        sent=1,
+    ),
+    "start drip": Case(
+        START,
+        ExitCode.OUTCOME_UNKNOWN,
+        "still arriving after 1 s",
+        {"CML_TIMEOUT": "1"},
+        fault=Fault(endpoint="v1.start", kind="drip", seconds=0.1),
+        sent=1,
+    ),
+    "start redirect": Case(
+        START,
+        ExitCode.REJECTED,
+        "redirected the request to evil.example",
+        fault=answer(
+            "v1.start", status=302, headers={"Location": "https://evil.example/login?token=T0KEN"}
+        ),
+        sent=1,
+        hidden=("T0KEN",),
+    ),
+    "start 400 escape in message": Case(
+        START,
+        ExitCode.REJECTED,
+        "bad \\x1b[31mthing",
+        fault=answer("v1.start", {"message": "bad \x1b[31mthing"}, status=400),
+        sent=1,
+        hidden=("\x1b",),
+    ),
+    # Reconciled through v2 (no run with this environment), so retried safely, then given up.
+    "v2 start 200 garbage": Case(
+        (*WAIT, "--poll", "1s", "-e", "CASE=v2-garbage"),
+        ExitCode.OUTCOME_UNKNOWN,
+        "answered 200 with no readable run",
+        fault=answer("v2.create_run", "[1, 2]"),
+        sent=None,
+    ),
+    "runs 200 not JSON": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "answered 200 without a JSON object",
+        fault=answer("v2.list_runs", "<html/>"),
+        sent=1,
+    ),
+    "runs wrong shape": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "`job_runs` is not a list of objects",
+        fault=answer("v2.list_runs", {"job_runs": "x"}),
+        sent=1,
+    ),
+    "runs run id newline": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "invalid fields",
+        fault=answer("v2.list_runs", {"job_runs": [{**RUN_JSON, "id": "a\nb"}]}),
+        sent=1,
+    ),
+    "runs run id missing": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "invalid fields",
+        fault=answer("v2.list_runs", {"job_runs": [{"status": "ENGINE_RUNNING"}]}),
+        sent=1,
+    ),
+    "runs page token escape": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "invalid next_page_token",
+        fault=answer("v2.list_runs", {"job_runs": [RUN_JSON], "next_page_token": "\x1b[2J"}),
+        sent=1,
+    ),
+    "runs 9 MB page": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "with more than 8388608 bytes",
+        fault=answer("v2.list_runs", "[", body_repeat=9_000_000),
+        sent=1,
+    ),
+    "runs deep nesting": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "without a JSON object",
+        fault=answer("v2.list_runs", "[" * 100_000),
+        sent=1,
+    ),
+    "runs bad project id": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "invalid project id",
+        fault=answer(
+            "v2.list_projects",
+            {
+                "projects": [
+                    {"id": "a/../b", "name": "risk-analysis", "owner": {"username": "alice"}}
+                ]
+            },
+        ),
+        sent=1,
+    ),
+    "runs redirect": Case(
+        RUNS,
+        ExitCode.REJECTED,
+        "redirected the request to sso.example",
+        fault=answer(
+            "v2.list_runs", status=307, headers={"Location": "https://sso.example/x?state=S7ATE"}
+        ),
+        sent=1,
+        hidden=("S7ATE",),
+    ),
+    "stop 200 not an object": Case(
+        STOP, ExitCode.SERVER, "without a JSON object", fault=answer("v2.stop_run", "[]"), sent=1
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def cml() -> Iterator[Emulator]:
+    with Emulator() as emu:
+        yield emu
+
+
+def test_the_catalogue_is_large_enough() -> None:
+    assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
+def test_bad_input_and_hostile_answers(cml: Emulator, case: Case) -> None:
+    cml.clear_faults()
+    if case.fault is not None:
+        cml.inject(case.fault)
+    base = cml.url
+    args = [arg.replace("{base}", base) for arg in case.args]
+    env: dict[str, str | None] = {**KEYS, "CML_HOST": None}
+    env |= {name: v.replace("{base}", base) if v else v for name, v in case.env.items()}
+    before = len(cml.requests())
+    try:
+        result = CliRunner().invoke(app, args, env=env)
+    finally:
+        cml.clear_faults()
+    output = result.output
+    assert result.exit_code == case.code, output
+    assert case.message in output, output
+    assert "Traceback" not in output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    for text in case.hidden:
+        assert text not in output, output
+    if case.sent is not None:
+        sent = [r for r in cml.requests()[before:] if case.fault is None or r["fault"]]
+        assert len(sent) == case.sent, sent
+
+
+def test_a_key_that_slips_past_the_settings_never_shows_in_a_transport_error(
+    cml: Emulator,
+) -> None:
+    """Defence in depth: even a key built without validation (a CR in the header) is
+    redacted from the transport error's str and repr, and it is not retried."""
+    from pydantic import SecretStr
+
+    from cml_tasks import CMLClient, CMLSettings, CMLTransportError, RetryPolicy
+
+    settings = CMLSettings.model_construct(
+        **{**CMLSettings.load(_env_file=None).model_dump(), "api_v2_key": SecretStr(CR_KEY)}
+    )
+    job = cml.job_url("alice", "risk-analysis", "208")
+    with (
+        CMLClient(settings, retry=RetryPolicy(attempts=1)) as client,
+        pytest.raises(CMLTransportError) as caught,
+    ):
+        client.list_runs_page(job)
+    assert DEFAULT_V2_KEY not in str(caught.value) + repr(caught.value)
+    assert "***" in str(caught.value)
