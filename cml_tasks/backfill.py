@@ -39,6 +39,7 @@ __all__ = [
     "WindowStatus",
     "decide",
     "decide_record",
+    "job_tag",
     "plan_backfill",
     "project_limit_name",
     "window_key",
@@ -109,6 +110,21 @@ class WindowRecord(BaseModel):
     run_url: str | None = None
     """The run's page URL, once known."""
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    holder: str | None = None
+    """Who holds the window while starting it (`host:pid:token`); None once settled."""
+    lease_until: datetime | None = None
+    """The holder's claim ends then unless renewed: a holder that died frees the window."""
+    attempt: int = 0
+    """How often the window was taken over (a restart, an adoption): orders the claims."""
+
+    def held_by_another(self, holder: str, now: datetime) -> bool:
+        """Some other process holds the window and its lease is still running."""
+        return (
+            self.holder is not None
+            and self.holder != holder
+            and self.lease_until is not None
+            and self.lease_until > now
+        )
 
 
 class PlannedWindow(BaseModel):
@@ -145,6 +161,14 @@ def window_key(job: JobRef, window: Window) -> str:
     parts = ("v1", job.host, job.username, job.project, job.job_id)
     identity = "\n".join((*parts, window.start.isoformat(), window.end.isoformat()))
     return KEY_PREFIX + hashlib.sha256(identity.encode()).hexdigest()[:40]
+
+
+def job_tag(job: JobRef) -> str:
+    """The tag of every record of `job` (`cml-job-<16 hex>`): lists one job's windows."""
+    if job.host is None:
+        raise CMLInputError(f"No CML host for job {job.slug}: give its full page URL")
+    identity = "\n".join(("v1", job.host, job.username, job.project, job.job_id))
+    return "cml-job-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def project_limit_name(job: JobRef) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -61,6 +62,26 @@ async def async_find_started_run(
         if is_ours(run, environment, since):
             return run
     return None
+
+
+class RunIndex:
+    """A job's runs by environment, listed once (one paged listing, newest first) when first
+    asked: CML's own answer for windows that have no record."""
+
+    def __init__(self, client: CMLClient, job: str | JobRef) -> None:
+        self._client, self._job = client, job
+        self._lock = threading.Lock()
+        self._runs: dict[frozenset[tuple[str, str]], JobRun] | None = None
+
+    def find(self, environment: Mapping[str, str]) -> JobRun | None:
+        """The newest run with exactly `environment`, if CML has one."""
+        with self._lock:
+            if self._runs is None:
+                runs: dict[frozenset[tuple[str, str]], JobRun] = {}
+                for run in self._client.list_runs(self._job, sort="-created_at", page_size=100):
+                    runs.setdefault(frozenset(run.environment.items()), run)
+                self._runs = runs
+        return self._runs.get(frozenset(environment.items()))
 
 
 def start_run(

@@ -21,26 +21,42 @@ class WindowOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", title="Window options")
 
     every: str = Field(
+        title="Cadence",
         default="month",
         description='Cadence: "day", "week", "month", "quarter", "year", or e.g. "3 months".',
     )
     timezone: str = Field(
-        default="UTC", description='IANA zone the scheduled time is read in, e.g. "Europe/Berlin".'
+        title="Time zone",
+        default="UTC",
+        description='IANA zone the scheduled time is read in, e.g. "Europe/Berlin".',
     )
     week_start: str = Field(
-        default="monday", description='First day of weekly windows ("monday".."sunday").'
+        title="Week starts on",
+        default="monday",
+        description='First day of weekly windows ("monday".."sunday").',
     )
     start_var: str = Field(
-        default="START_DATE", description="Variable that receives the window's first day."
+        title="Start variable",
+        default="START_DATE",
+        description="Variable that receives the window's first day.",
     )
-    end_var: str = Field(default="END_DATE", description="Variable that receives the window's end.")
-    date_format: str = Field(default="%Y-%m-%d", description="strftime format of both dates.")
+    end_var: str = Field(
+        title="End variable",
+        default="END_DATE",
+        description="Variable that receives the window's end.",
+    )
+    date_format: str = Field(
+        title="Date format", default="%Y-%m-%d", description="strftime format of both dates."
+    )
     inclusive_end: bool = Field(
+        title="End is the last day",
         default=True,
         description="True: the end is the window's last day (2017-01-31); False: the day after.",
     )
     extra_environment: dict[str, str] = Field(
-        default_factory=dict, description="Fixed variables sent with every window."
+        title="Extra variables",
+        default_factory=dict,
+        description="Fixed variables sent with every window.",
     )
 
     @classmethod

@@ -1,11 +1,14 @@
 """Start one window of a job safely: the one path of scheduled runs and backfills alike.
 
-The window's record says whether it was started; a claim on the record makes the decision and
-the start one step, so two processes never both start it. A `starting` record is written
+The window's record says whether it was started; a claim on the record (held by one process,
+with a lease that ends if the process dies) makes the decision and the start one step, so two
+processes - on one machine or many - never both start it. A `starting` record is written
 before the start call: if the process dies mid-call, the next attempt knows the outcome is
 unknown. With the API v2 key set it asks CML (a run of the job with exactly this environment,
 created since the attempt) and adopts that run, or starts the window if there is none.
-Without it the window is reported, never started again blindly.
+Without it the window is reported, never started again blindly. With the v2 key, CML is also
+the final witness for a window without a record: a run with exactly its environment is
+adopted, not started again.
 
 No Prefect here: records and claims come through `WindowRecords`, the project's concurrency
 slot is held by the caller, and following a run to its end is the caller's too.
@@ -14,6 +17,8 @@ slot is held by the caller, and following a run to its end is the caller's too.
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,34 +43,40 @@ from cml_tasks.reconcile import SETTLE_SECONDS, Log, find_started_run, start_run
 UNDATED_UNKNOWN_MARGIN = timedelta(minutes=10)
 """An `outcome_unknown` record without `attempted_at` (older versions) was written after the
 call: look this far before it for the run."""
-EVER = datetime(1970, 1, 1, tzinfo=UTC)
-"""The attempt time of a window whose record was lost: CML is asked for its runs of all time."""
+CLAIM_ROUNDS = 5
+"""How often a window is read and claimed again when other processes keep changing it."""
+WAIT_POLL_SECONDS = 1.0
+"""How often a window held by another process is read again while waiting for it."""
+
+Witness = Callable[[Mapping[str, str]], JobRun | None]
+"""CML's own answer for a window without a record: its run with exactly this environment."""
 
 
 class RecordClaim(Protocol):
-    """A window's record, held exclusively until the claim is released."""
-
-    @property
-    def record(self) -> WindowRecord | None:
-        """The record as it was when the claim was taken (None: never written, or torn)."""
-
-    @property
-    def torn_at(self) -> datetime | None:
-        """When a record that exists but cannot be read was written (its writer died
-        mid-write); None when the record was read."""
+    """A window held by this process: its record, written while the claim's lease runs."""
 
     def write(self, record: WindowRecord) -> None:
-        """Replace the record (still holding the claim)."""
+        """Replace the record and keep holding it."""
+
+    def release(self, record: WindowRecord) -> None:
+        """Write the settled record and let the window go."""
 
 
 class WindowRecords(Protocol):
-    """Where each window's record lives and who may change it."""
+    """Where each window's record lives, and who may change it: the one source of truth for
+    "was this window started"."""
 
-    def claim(self, key: str) -> AbstractContextManager[RecordClaim]:
-        """Hold the window's record exclusively (waiting for another holder)."""
+    holder: str
+    """This process's holder id, written into the records it claims."""
 
-    def peek(self, key: str) -> WindowRecord | None:
-        """The record as stored now, without waiting for a claim (for observers)."""
+    def read(self, key: str) -> WindowRecord | None:
+        """The window's record as stored now; None if it has none."""
+
+    def claim(
+        self, key: str, seen: WindowRecord | None, record: WindowRecord
+    ) -> AbstractContextManager[RecordClaim] | None:
+        """Write `record` and hold the window, if its record is still `seen` (None: it had
+        none); None if another process changed or claimed it first."""
 
 
 @dataclass
@@ -81,72 +92,118 @@ class WindowStart:
     follow: bool = False
     can_reconcile: bool = False
     """The v2 key is set: an unknown outcome is resolved by asking CML."""
-    begun: datetime = field(default_factory=lambda: datetime.now(UTC))
-    resume: bool = False
-    """With `follow`: the window is `started` already, follow its run again."""
+    witness: Witness | None = None
+    """With the v2 key: CML's run of a window that has no record, adopted instead of a start."""
+    seen: WindowRecord | None = field(default=None, init=False)
 
     def check(self) -> WindowOutcome | None:
         """The window's outcome if there is nothing to start (skipped); None to go on.
 
         Cheap, and taken before the project's slot, so skipped windows never wait for one.
         """
-        with self.records.claim(self.planned.key) as claim:
-            record = self._read(claim)
-        action, reason = decide_record(record, self.reprocess)
+        self.seen = self._settled(self.records.read(self.planned.key))
+        action, reason = decide_record(self.seen, self.reprocess)
         if action is Action.UNKNOWN and not self.can_reconcile:
-            raise CMLOutcomeUnknown(
-                f"{self.planned.label}: not started, {reason} (or set CML_API_V2_KEY: the "
-                "backfill then asks CML itself)",
-                job_url=self.job.page_url,
-            )
-        self.resume = self.follow and action is Action.SKIP and _followable(record)
-        if action is Action.SKIP and not self.resume:
+            raise self._unknown(reason)
+        if action is Action.SKIP and not self._resumable(self.seen):
             return self._skipped(reason)
         return None
 
     def start(self, client: CMLClient) -> WindowOutcome | JobRun:
-        """Decide again under the claim, then start, adopt or resume; record what happened.
+        """Claim the window and start, adopt or resume it; record what happened.
 
         Returns the outcome, or (with `follow`) the run to follow to its end.
         """
-        with self.records.claim(self.planned.key) as claim:
-            record = self._read(claim)
+        record = self.seen
+        for _ in range(CLAIM_ROUNDS):
             action, reason = decide_record(record, self.reprocess)
-            if self.resume:
-                if record is None or not _followable(record):
-                    status = record.status if record else "?"
-                    return self._skipped(f"already {status}")
-                assert record.engine_id is not None
+            if self._resumable(record) and action is Action.SKIP:
+                assert record is not None and record.engine_id is not None
                 run = client.get_run(self.job, record.engine_id)
                 self.log.info("Following %s's run %s again: %s", self.planned.label, run.id, reason)
                 return run
-            if record is not None and record.updated_at >= self.begun:
-                return self._skipped(f"started meanwhile by another backfill: {reason}")
             if action is Action.SKIP:
                 return self._skipped(reason)
-            if action is Action.UNKNOWN:
-                assert record is not None
-                found = self._reconcile(client, record)
-                if found is not None:
-                    return self._adopt(claim, found, record, reason)
-                reason = f"CML has no run of it: starting it safely ({reason})"
-            return self._start(claim, client, reason)
-
-    def _read(self, claim: RecordClaim) -> WindowRecord | None:
-        """A torn record may hide a started run: it counts as an unknown outcome since ever,
-        resolved by asking CML for a run with this environment, never by starting blindly."""
-        if claim.torn_at is None:
-            return claim.record
-        return self.record(
-            WindowStatus.OUTCOME_UNKNOWN,
-            error="the window's record is unreadable: its writer died mid-write",
-            attempted_at=EVER,
-            updated_at=claim.torn_at,
+            if action is Action.UNKNOWN and not self.can_reconcile:
+                raise self._unknown(reason)
+            attempt = self._attempt_record(record, action)
+            claim = self.records.claim(self.planned.key, record, attempt)
+            if claim is None:  # another process got there first: look again
+                record = self._settled(self.records.read(self.planned.key))
+                continue
+            with claim as held:
+                return self._claimed(held, client, record, attempt, action, reason)
+        raise CMLError(
+            f"{self.planned.label}: its record kept changing under {CLAIM_ROUNDS} attempts to "
+            "claim it; nothing was started",
+            job_url=self.job.page_url,
         )
 
-    def _skipped(self, reason: str) -> WindowOutcome:
-        self.log.info("Skipping %s: %s", self.planned.label, reason)
-        return WindowOutcome.of(self.job, self.planned, WindowResult.SKIPPED, reason=reason)
+    def finish(self, status: WindowStatus, **fields: Any) -> None:
+        """Record how a followed run ended (claiming the window's record for the write)."""
+        for _ in range(CLAIM_ROUNDS):
+            current = self.records.read(self.planned.key)
+            attempted_at = current.attempted_at if current else None
+            final = self.record(status, attempted_at=attempted_at, **fields)
+            claim = self.records.claim(self.planned.key, current, final)
+            if claim is not None:
+                with claim as held:
+                    held.release(final)
+                return
+
+    def record(self, status: WindowStatus, **fields: Any) -> WindowRecord:
+        """This window's record with `status` and `fields` (not held by anyone)."""
+        return WindowRecord(
+            key=self.planned.key,
+            job_url=self.job.page_url,
+            window_start=self.planned.window.start,
+            window_end=self.planned.window.end,
+            environment=self.planned.environment,
+            status=status,
+            **fields,
+        )
+
+    # --- under the claim -------------------------------------------------------------------
+
+    def _claimed(
+        self,
+        held: RecordClaim,
+        client: CMLClient,
+        seen: WindowRecord | None,
+        attempt: WindowRecord,
+        action: Action,
+        reason: str,
+    ) -> WindowOutcome | JobRun:
+        if action is Action.UNKNOWN:
+            assert seen is not None
+            found = self._reconcile(client, seen)
+            if found is not None:
+                return self._adopt(held, found, attempt, reason)
+            return self._start(
+                held, client, None, f"CML has no run of it: starting it safely ({reason})"
+            )
+        if seen is None and self.witness is not None and self.reprocess is not Reprocess.ALL:
+            try:
+                found = self.witness(self.planned.environment)
+            except CMLError as error:  # nothing was started: a later attempt may start it
+                held.release(
+                    self.record(
+                        WindowStatus.START_FAILED,
+                        error=f"CML could not be asked for the window's run: {error}",
+                        attempted_at=attempt.attempted_at,
+                    )
+                )
+                raise
+            if found is not None:
+                return self._adopt(held, found, attempt, "CML has its run, without a record")
+        return self._start(held, client, attempt.attempted_at, reason)
+
+    def _attempt_record(self, seen: WindowRecord | None, action: Action) -> WindowRecord:
+        """What the claim writes: `starting` now, or (resolving an unknown outcome) the record
+        as it was, whose attempt time tells CML's runs apart."""
+        if action is Action.UNKNOWN and seen is not None:
+            return seen
+        return self.record(WindowStatus.STARTING, attempted_at=datetime.now(UTC))
 
     def _reconcile(self, client: CMLClient, record: WindowRecord) -> JobRun | None:
         """The run a `starting`/`outcome_unknown` attempt created, if CML has one (API v2)."""
@@ -169,7 +226,7 @@ class WindowStart:
             ) from error
 
     def _adopt(
-        self, claim: RecordClaim, run: JobRun, record: WindowRecord, reason: str
+        self, held: RecordClaim, run: JobRun, attempt: WindowRecord, reason: str
     ) -> WindowOutcome | JobRun:
         self.log.warning(
             "%s: %s; CML has run %s with exactly this environment: adopting it",
@@ -177,11 +234,11 @@ class WindowStart:
             reason,
             run.id,
         )
-        claim.write(
+        held.release(
             self.record(
                 WindowStatus.STARTED,
                 engine_id=run.id,
-                attempted_at=record.attempted_at,
+                attempted_at=attempt.attempted_at,
                 run_url=run.page_url,
             )
         )
@@ -196,11 +253,15 @@ class WindowStart:
             reason=f"adopted run {run.id}: {reason}",
         )
 
-    def _start(self, claim: RecordClaim, client: CMLClient, reason: str) -> WindowOutcome | JobRun:
-        """Record the intent, start, record the result (v2 when followed, else v1)."""
+    def _start(
+        self, held: RecordClaim, client: CMLClient, attempted_at: datetime | None, reason: str
+    ) -> WindowOutcome | JobRun:
+        """Record the intent (unless the claim wrote it at `attempted_at`), start, record the
+        result (v2 when followed, else v1)."""
         job, planned = self.job, self.planned
-        attempted_at = datetime.now(UTC)
-        claim.write(self.record(WindowStatus.STARTING, attempted_at=attempted_at))
+        if attempted_at is None:
+            attempted_at = datetime.now(UTC)
+            held.write(self.record(WindowStatus.STARTING, attempted_at=attempted_at))
         run: JobRun | None = None
         try:
             if self.follow:
@@ -211,19 +272,19 @@ class WindowStart:
                     client, job, planned.environment, reconcile=self.can_reconcile, log=self.log
                 )
         except CMLOutcomeUnknown as error:
-            claim.write(
+            held.release(
                 self.record(
                     WindowStatus.OUTCOME_UNKNOWN, error=str(error), attempted_at=attempted_at
                 )
             )
             raise
         except CMLError as error:
-            claim.write(
+            held.release(
                 self.record(WindowStatus.START_FAILED, error=str(error), attempted_at=attempted_at)
             )
             raise
         run_url = f"{job.page_url}/runs/{run_id}"
-        claim.write(
+        held.release(
             self.record(
                 WindowStatus.STARTED, engine_id=run_id, attempted_at=attempted_at, run_url=run_url
             )
@@ -237,30 +298,47 @@ class WindowStart:
             job, planned, WindowResult.STARTED, engine_id=run_id, run_url=run_url, reason=reason
         )
 
-    def record(self, status: WindowStatus, **fields: Any) -> WindowRecord:
-        """This window's record with `status` and `fields`."""
-        return WindowRecord(
-            key=self.planned.key,
-            job_url=self.job.page_url,
-            window_start=self.planned.window.start,
-            window_end=self.planned.window.end,
-            environment=self.planned.environment,
-            status=status,
-            **fields,
-        )
+    # --- helpers ---------------------------------------------------------------------------
 
-    def finish(self, status: WindowStatus, **fields: Any) -> WindowRecord:
-        """Record how a followed run ended (taking the claim again)."""
-        with self.records.claim(self.planned.key) as claim:
-            record = self.record(status, **fields)
-            claim.write(record)
+    def _settled(self, record: WindowRecord | None) -> WindowRecord | None:
+        """The record once no other process holds the window: waits (logging why) while
+        another one is starting it, at most until its lease ends - then its outcome is
+        unknown, and resolved as such."""
+        told = False
+        while record is not None and record.held_by_another(self.records.holder, datetime.now(UTC)):
+            if not told:
+                self.log.info(
+                    "%s: waiting for %s, which is starting it (its claim ends %s)",
+                    self.planned.label,
+                    record.holder,
+                    f"{record.lease_until:%H:%M:%S} UTC",
+                )
+                told = True
+            time.sleep(WAIT_POLL_SECONDS)
+            record = self.records.read(self.planned.key)
         return record
 
+    def _resumable(self, record: WindowRecord | None) -> bool:
+        """With follow, a window recorded `started` with a run id is followed to its end."""
+        return (
+            self.follow
+            and record is not None
+            and record.status is WindowStatus.STARTED
+            and record.engine_id is not None
+        )
 
-def _followable(record: WindowRecord | None) -> bool:
-    """A window recorded `started` with a run id: a rerun with follow follows it to the end."""
-    return (
-        record is not None
-        and record.status is WindowStatus.STARTED
-        and record.engine_id is not None
-    )
+    def _skipped(self, reason: str) -> WindowOutcome:
+        self.log.info("Skipping %s: %s", self.planned.label, reason)
+        return WindowOutcome.of(self.job, self.planned, WindowResult.SKIPPED, reason=reason)
+
+    def _unknown(self, reason: str) -> CMLOutcomeUnknown:
+        return CMLOutcomeUnknown(
+            f"{self.planned.label}: not started, {reason} (or set CML_API_V2_KEY: the "
+            "backfill then asks CML itself)",
+            job_url=self.job.page_url,
+        )
+
+
+def new_holder(host: str, pid: int) -> str:
+    """A holder id naming the machine and process (shown to people waiting for it)."""
+    return f"{host}:{pid}:{uuid.uuid4().hex[:8]}"

@@ -60,15 +60,37 @@ def no_retry_waits() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _no_window_records_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Each test starts without backfill window records or locks. They are keyed by the job
-    URL, and a new emulator may get the port of an earlier test's one: its records would
-    make windows look started already."""
+def _no_window_records_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test starts without window records on the Prefect APIs it used. They are keyed by
+    the job URL, and a new emulator may get the port of an earlier test's one: its records
+    would make windows look started already."""
     yield
-    homes = [Path(_PREFECT_HOME), *tmp_path_factory.getbasetemp().glob("prefect-server-home*")]
-    for home in homes:
-        for path in [*home.glob("storage/cml-backfill-*"), *home.glob("locks/cml-backfill/*")]:
-            path.unlink(missing_ok=True)
+    urls = [
+        request.getfixturevalue(name).api_url
+        for name in ("prefect_server", "prefect_server_pg")
+        if name in request.fixturenames
+    ]
+    if "prefect_api" in request.fixturenames:
+        from prefect.settings import PREFECT_API_URL
+
+        urls.append(str(PREFECT_API_URL.value()))
+    for url in urls:
+        _delete_window_records(url)
+
+
+def _delete_window_records(api_url: str) -> None:
+    """Delete every variable tagged `cml` (window records and claims) through the REST API."""
+    import httpx
+
+    with httpx.Client(base_url=api_url, timeout=30) as http:
+        while True:
+            page = http.post(
+                "/variables/filter", json={"variables": {"tags": {"all_": ["cml"]}}, "limit": 200}
+            ).json()
+            for variable in page:
+                http.delete(f"/variables/name/{variable['name']}")
+            if not page:
+                return
 
 
 # --- A real `prefect server start` process, for workers, `serve` processes and the CLI ---

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -283,22 +283,32 @@ def test_outcome_unknown_is_reported_and_never_retried(emu: Emulator) -> None:
     assert _starts(emu) == Counter({"2017-01-01": 1, "2017-02-01": 1, "2017-04-01": 1})
 
 
-def test_unreadable_record_counts_as_unknown_and_is_resolved_through_v2(
+def test_a_window_held_by_a_dead_process_is_unknown_and_resolved_through_v2(
     emu: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A record whose writer was killed mid-write (an empty file) may hide a started run."""
-    from pathlib import Path
+    """A process that died holding a window (record `starting`, lease run out) may have
+    started its run: never started blindly, resolved by asking CML."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
-    from cml_tasks.prefect.records import window_records
+    from cml_tasks.window_start import WindowStart
 
     _backfill(emu, "2017-01-01", "2017-02-28")
     plan = plan_backfill(
         JobRef.parse(emu.job_url("alice", "risk-analysis", "208")), JAN, date(2017, 3, 31)
     )
-    basepath = Path(window_records().store.result_storage.basepath).expanduser()
-    # January's `started` record torn after its run started; March's `starting` before any.
-    for window in (plan.windows[0], plan.windows[2]):
-        (basepath / window.key).write_bytes(b"")
+    # January was left `starting` after its run started; March before any run.
+    dead = {"holder": "gone:1:x", "lease_until": datetime(2017, 1, 1, tzinfo=UTC)}
+    with get_client(sync_client=True) as client:
+        for planned, create in ((plan.windows[0], False), (plan.windows[2], True)):
+            window = WindowStart(job=plan.job, planned=planned, records=None, log=None)  # type: ignore[arg-type]
+            record = window.record(
+                WindowStatus.STARTING, attempted_at=datetime(2017, 1, 1, tzinfo=UTC), **dead
+            ).model_dump(mode="json")
+            if create:
+                client.create_variable(VariableCreate(name=planned.key, value=record))
+            else:
+                client.update_variable(VariableUpdate(name=planned.key, value=record))
 
     blind = _backfill(emu, "2017-01-01", "2017-03-31")
     assert blind.is_failed()
@@ -314,17 +324,14 @@ def test_unreadable_record_counts_as_unknown_and_is_resolved_through_v2(
 
 
 def test_records_hold_no_secret(emu: Emulator) -> None:
+    from cml_tasks.backfill import job_tag
     from cml_tasks.prefect.records import window_records
 
-    _backfill(emu, "2017-01-01", "2017-01-31")
-    storage = window_records().store.result_storage
-    basepath = getattr(storage, "basepath", None)
-    assert basepath is not None
-    from pathlib import Path
-
-    texts = [p.read_text() for p in Path(basepath).expanduser().glob("cml-backfill-*")]
-    assert texts
-    assert all(DEFAULT_V1_KEY not in text for text in texts)
+    _backfill(emu, "2017-01-01", "2017-02-28")
+    job = JobRef.parse(emu.job_url("alice", "risk-analysis", "208"))
+    records = window_records().records(job_tag(job))
+    assert len(records) == 2
+    assert all(DEFAULT_V1_KEY not in record.model_dump_json() for record in records)
 
 
 def test_bad_parameters_fail_before_any_request(emu: Emulator) -> None:

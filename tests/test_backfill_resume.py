@@ -76,7 +76,7 @@ def _statuses(url: str) -> dict[str, WindowStatus | None]:
     plan = plan_backfill(JobRef.parse(url), date(2017, 1, 1), date(2017, 12, 31))
     records = window_records()
     return {
-        p.label: r.status if (r := records.peek(p.key)) is not None else None for p in plan.windows
+        p.label: r.status if (r := records.read(p.key)) is not None else None for p in plan.windows
     }
 
 

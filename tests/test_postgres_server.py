@@ -27,7 +27,7 @@ print(json.dumps({"api_url": PREFECT_API_URL.value(), "value": value}))
 
 async def _stored_value(postgres_url: str, name: str) -> Any:
     """The variable's value as the PostgreSQL database holds it (not through Prefect)."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     connection = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
     try:

@@ -1,136 +1,224 @@
-"""Window records in Prefect's result storage, claimed with file locks of this machine.
+"""Window records on the Prefect server: one Prefect Variable per (job, window).
 
-Each (job, window) has one Prefect result record (JSON) under
-:func:`cml_tasks.backfill.window_key`, in Prefect's default result storage: the block named by
-`PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK`, else the directory `PREFECT_LOCAL_STORAGE_PATH`
-(`~/.prefect/storage`). A claim is the store's lock for that key, a file in
-`<PREFECT_HOME>/locks/cml-backfill`: it serialises the processes of ONE machine. Processes on
-other machines share records only through shared result storage, and their claims not at all;
-the name says so.
+Every process that talks to the same Prefect API - a laptop's backfill, a worker's scheduled
+run, a flow run retried in a fresh container - reads and claims the same records, with
+nothing set beyond `PREFECT_API_URL`; the server's database (PostgreSQL or SQLite) is the one
+truth. A variable's name is unique in that database, so creating it is the claim of a window
+that has no record: of two processes, exactly one succeeds. Taking over a window that has a
+record (a failed start, an unknown outcome, a deliberate re-run) creates a claim variable
+`cml-claim-<window>-a<N>` for the record's next attempt number first, so two takers never
+both win either. A claim carries a lease (`LEASE_SECONDS`), renewed while held: if its holder
+dies, the window is free for others within `LEASE_SECONDS + CLOCK_SKEW_SECONDS` (50 s).
+
+The records are visible (and editable) on the Prefect UI's Variables page, tagged `cml` and
+`cml-job-<id>`; `cml-jobs records` lists and forgets them.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from pathlib import Path
+import os
+import socket
+import threading
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from prefect.results import ResultStore
-from prefect.serializers import JSONSerializer
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings
 
 from cml_tasks._shared import shared
-from cml_tasks.backfill import WindowRecord
-from cml_tasks.prefect._adapter import (
-    DeadHolderAwareLocks,
-    decode_result_record,
-    default_result_storage,
-    lock_holder,
-)
+from cml_tasks.backfill import WindowRecord, job_tag
+from cml_tasks.errors import CMLOutcomeUnknown
+from cml_tasks.job import JobRef
+from cml_tasks.prefect._adapter import filter_variables
+from cml_tasks.window_start import new_holder
 
-LOCK_HOLD_SECONDS = 600.0
-"""A lock left by a vanished holder on another machine frees itself after this long."""
+LEASE_SECONDS = 45.0
+"""How long a claim lasts unless renewed: a dead holder's window is free after this."""
+RENEW_SECONDS = 15.0
+"""How often a held claim's lease is renewed."""
+CLOCK_SKEW_SECONDS = 5.0
+"""How far two machines' clocks may differ: a lease counts as running this much longer."""
+MAX_ERROR_CHARS = 1000
+"""A record's error is cut to this length (a variable holds at most 5,000 characters)."""
+CLAIM_PREFIX = "cml-claim-"
+PAGE_SIZE = 200
 
 
-class UnreadableRecord(ValueError):
-    """A window's record file that holds no record: its writer was killed mid-write."""
+class ServerRecords:
+    """`WindowRecords` as Prefect Variables on the Prefect server (one per window)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"window record {path} is unreadable: its writer died mid-write")
-        self.written_at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    def __init__(self, client: SyncPrefectClient, holder: str, *, shared_api: bool) -> None:
+        self.client = client
+        self.holder = holder
+        self.shared_api = shared_api
+        """False when the API is an ephemeral one of this process's machine (no
+        `PREFECT_API_URL`): other machines cannot see these records."""
+
+    def read(self, key: str) -> WindowRecord | None:
+        variable = self.client.read_variable_by_name(key)
+        return None if variable is None else WindowRecord.model_validate(variable.value)
+
+    def claim(self, key: str, seen: WindowRecord | None, record: WindowRecord) -> _Claim | None:
+        if seen is None:
+            stamped = self._stamped(record, attempt=0)
+            try:
+                self.client.create_variable(
+                    VariableCreate(
+                        name=key,
+                        value=_value(stamped),
+                        tags=["cml", job_tag(JobRef.parse(record.job_url))],
+                    )
+                )
+            except ObjectAlreadyExists:
+                return None
+            return _Claim(self, key, stamped, takeover=None)
+        return self._take_over(key, seen, record)
+
+    def records(self, tag: str) -> list[WindowRecord]:
+        """Every record tagged `tag` (a job's: `job_tag`), in no particular order."""
+        found: list[WindowRecord] = []
+        offset = 0
+        while True:
+            page = filter_variables(self.client, tag=tag, offset=offset, limit=PAGE_SIZE)
+            found += [WindowRecord.model_validate(item["value"]) for item in page]
+            if len(page) < PAGE_SIZE:
+                return found
+            offset += PAGE_SIZE
+
+    def forget(self, key: str) -> bool:
+        """Delete a window's record (it becomes "not started"); False if it had none."""
+        try:
+            self.client.delete_variable_by_name(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def _take_over(self, key: str, seen: WindowRecord, record: WindowRecord) -> _Claim | None:
+        """Claim the record's next attempt, then check the record is still `seen`."""
+        attempt = seen.attempt + 1
+        while True:
+            name = f"{CLAIM_PREFIX}{key.removeprefix('cml-backfill-')}-a{attempt}"
+            try:
+                self.client.create_variable(
+                    VariableCreate(
+                        name=name, value=_value(self._stamped(record, attempt)), tags=["cml"]
+                    )
+                )
+            except ObjectAlreadyExists:
+                other = self.client.read_variable_by_name(name)
+                if other is None:  # released meanwhile: try the same attempt again
+                    continue
+                if WindowRecord.model_validate(other.value).held_by_another(self.holder, _now()):
+                    return None
+                attempt += 1  # its holder died between claiming and writing the record
+                continue
+            current = self.read(key)
+            if current is None or (current.attempt, current.updated_at) != (
+                seen.attempt,
+                seen.updated_at,
+            ):
+                self._drop(name)
+                return None
+            stamped = self._stamped(record, attempt)
+            self._put(key, stamped)
+            return _Claim(self, key, stamped, takeover=name)
+
+    def _stamped(self, record: WindowRecord, attempt: int) -> WindowRecord:
+        return record.model_copy(
+            update={
+                "holder": self.holder,
+                "lease_until": _now() + timedelta(seconds=LEASE_SECONDS),
+                "attempt": attempt,
+                "updated_at": _now(),
+            }
+        )
+
+    def _put(self, key: str, record: WindowRecord) -> None:
+        self.client.update_variable(VariableUpdate(name=key, value=_value(record)))
+
+    def _drop(self, name: str) -> None:
+        with suppress(ObjectNotFound):
+            self.client.delete_variable_by_name(name)
 
 
 class _Claim:
-    """A held lock on one window's record."""
+    """A held window: writes only while its lease runs; renews it in the background."""
 
     def __init__(
-        self,
-        store: ResultStore,
-        key: str,
-        holder: str,
-        record: WindowRecord | None,
-        torn_at: datetime | None,
+        self, records: ServerRecords, key: str, record: WindowRecord, takeover: str | None
     ) -> None:
-        self._store, self._key, self._holder = store, key, holder
-        self.record, self.torn_at = record, torn_at
+        self._records, self._key, self._record, self._takeover = records, key, record, takeover
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._renewer = threading.Thread(target=self._renew, daemon=True)
+
+    def __enter__(self) -> _Claim:
+        self._renewer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._renewer.join()
+        if self._takeover is not None:
+            self._records._drop(self._takeover)
 
     def write(self, record: WindowRecord) -> None:
-        self._store.write(record.model_dump(mode="json"), key=self._key, holder=self._holder)
+        with self._lock:
+            self._check_lease()
+            self._record = self._records._stamped(record, self._record.attempt)
+            self._records._put(self._key, self._record)
+
+    def release(self, record: WindowRecord) -> None:
+        with self._lock:
+            self._check_lease()
+            settled = record.model_copy(
+                update={"attempt": self._record.attempt, "updated_at": _now()}
+            )
+            self._records._put(self._key, settled)
+            self._done.set()
+
+    def _check_lease(self) -> None:
+        """Never write once the lease may have ended: another process may own the window."""
+        assert self._record.lease_until is not None
+        if _now() > self._record.lease_until - timedelta(seconds=CLOCK_SKEW_SECONDS):
+            raise CMLOutcomeUnknown(
+                f"lost the claim on window record {self._key} (its lease ended before this "
+                "process could record the start's outcome): another process resolves it"
+            )
+
+    def _renew(self) -> None:
+        while not self._done.wait(RENEW_SECONDS):
+            with self._lock:
+                if self._done.is_set():
+                    return
+                self._check_lease()
+                self._record = self._records._stamped(self._record, self._record.attempt)
+                self._records._put(self._key, self._record)
 
 
-class MachineLocalRecords:
-    """`WindowRecords` in a Prefect `ResultStore`, claimed through this machine's file locks."""
-
-    def __init__(self, store: ResultStore) -> None:
-        self.store = store
-
-    @contextmanager
-    def claim(self, key: str) -> Iterator[_Claim]:
-        holder = lock_holder(uuid.uuid4().hex)
-        locks = self.store.lock_manager
-        assert locks is not None
-        locks.acquire_lock(key, holder, acquire_timeout=None, hold_timeout=LOCK_HOLD_SECONDS)
-        try:
-            yield _Claim(self.store, key, holder, *self._read_claimed(key, holder))
-        finally:
-            locks.release_lock(key, holder)
-
-    def read(self, key: str, holder: str | None = None) -> WindowRecord | None:
-        """The window's record, or None if it was never written.
-
-        Raises `UnreadableRecord` for a record stored but unreadable: Prefect's local storage
-        truncates a file before writing it, so a kill in between leaves it empty
-        (`ResultStore.exists` then says False, which must not read as "never started").
-        """
-        if self.store.exists(key):
-            return WindowRecord.model_validate(self.store.read(key, holder=holder).result)
-        basepath = getattr(self.store.result_storage, "basepath", None)
-        path = None if basepath is None else Path(basepath).expanduser() / key
-        if path is not None and path.is_file():
-            raise UnreadableRecord(path)
-        return None
-
-    def _read_claimed(self, key: str, holder: str) -> tuple[WindowRecord | None, datetime | None]:
-        try:
-            return self.read(key, holder), None
-        except UnreadableRecord as error:
-            return None, error.written_at
-
-    def peek(self, key: str) -> WindowRecord | None:
-        """The record as stored now, without waiting for its lock (a start holds it for the
-        whole call). None if absent or being written."""
-        read_path = getattr(self.store.result_storage, "read_path", None)
-        if read_path is None or not self.store.exists(key):
-            return None
-        try:
-            content = read_path(key)
-            if not isinstance(content, bytes):  # an async storage block
-                return None
-            return WindowRecord.model_validate(decode_result_record(content, self.store.serializer))
-        except (OSError, ValueError):
-            return None
+def _value(record: WindowRecord) -> dict[str, Any]:
+    if record.error is not None and len(record.error) > MAX_ERROR_CHARS:
+        record = record.model_copy(update={"error": record.error[:MAX_ERROR_CHARS] + "..."})
+    value: dict[str, Any] = record.model_dump(mode="json")
+    return value
 
 
-def window_records() -> MachineLocalRecords:
-    """The records of the current Prefect settings (resolved once per configuration: finding
-    the default storage may ask the Prefect API)."""
-    settings = get_current_settings()
-    return _records(
-        str(settings.api.url),
-        str(settings.results.default_storage_block),
-        str(settings.results.local_storage_path),
-        str(settings.home),
-    )
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def window_records() -> ServerRecords:
+    """The records of the current Prefect API, with one client per process and API."""
+    url = get_current_settings().api.url
+    return _records(str(url) if url else None)
 
 
 @shared
-def _records(api_url: str, storage_block: str, storage_path: str, home: str) -> MachineLocalRecords:
-    store = ResultStore(
-        result_storage=default_result_storage(),
-        lock_manager=DeadHolderAwareLocks(Path(home) / "locks" / "cml-backfill"),
-        serializer=JSONSerializer(),
-        cache_result_in_memory=False,
-    )
-    return MachineLocalRecords(store)
+def _records(api_url: str | None) -> ServerRecords:
+    client = get_client(sync_client=True)
+    client.__enter__()  # one connection pool for the process's lifetime
+    holder = new_holder(socket.gethostname(), os.getpid())
+    return ServerRecords(client, holder, shared_api=api_url is not None)

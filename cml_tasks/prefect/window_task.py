@@ -11,7 +11,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
+from cml_tasks._shared import shared
 from cml_tasks.backfill import PlannedWindow, Reprocess, WindowOutcome, WindowResult, WindowStatus
 from cml_tasks.errors import CMLRunError, CMLWaitCancelled, CMLWaitTimeout
 from cml_tasks.job import JobRef
@@ -21,9 +23,16 @@ from cml_tasks.prefect.events import emit_run_event
 from cml_tasks.prefect.project_limit import project_slot
 from cml_tasks.prefect.records import window_records
 from cml_tasks.prefect.tasks import follow_to_end, log_started, resolve_settings, shared_client
+from cml_tasks.reconcile import RunIndex
 from cml_tasks.settings import CMLSettings
 from cml_tasks.waiting import raise_for_status
 from cml_tasks.window_start import WindowStart
+
+
+@shared
+def run_index(settings: CMLSettings, job: JobRef, flow_run_id: str) -> RunIndex:
+    """One listing of the job's runs per flow run (a backfill's windows share it)."""
+    return RunIndex(shared_client(settings), job)
 
 
 def _run_name(parameters: dict[str, Any]) -> str:
@@ -57,6 +66,7 @@ def start_window(
     `run_failed` (recorded, and the run's `CMLRunError`/`CMLWaitTimeout` raised).
     """
     settings = resolve_settings(credentials)
+    can_reconcile = settings.api_v2_key is not None
     window = WindowStart(
         job=job,
         planned=planned,
@@ -64,7 +74,8 @@ def start_window(
         log=get_run_logger(),
         reprocess=reprocess,
         follow=follow,
-        can_reconcile=settings.api_v2_key is not None,
+        can_reconcile=can_reconcile,
+        witness=run_index(settings, job, str(flow_run.id)).find if can_reconcile else None,
     )
     done = window.check()
     if done is not None:
