@@ -511,6 +511,52 @@ def backfill(
 
 
 @app.command()
+def records(
+    job: Annotated[str, typer.Argument(help="Job Overview page URL")],
+    from_: Annotated[
+        str | None, typer.Option("--from", metavar="YYYY-MM-DD", help="Only windows from this day.")
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", metavar="YYYY-MM-DD", help="Only windows up to this day.")
+    ] = None,
+    forget: Annotated[
+        str | None,
+        typer.Option(
+            metavar="WINDOW",
+            help="Make this window (e.g. 2017-01, as listed) 'not started' again, after asking.",
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="With --forget: do not ask.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List a job's window records on the Prefect server (state, engine id, when attempted),
+    or forget one so that the next backfill or scheduled run starts it again."""
+    from cml_tasks import records_cli
+    from cml_tasks.job import JobRef
+    from cml_tasks.windows import parse_date
+
+    try:
+        ref = JobRef.parse(job).with_host(CMLSettings.load().host)
+        start = parse_date(from_) if from_ else None
+        end = parse_date(to) if to else None
+        if forget is not None:
+            records_cli.forget(ref, forget, yes=yes)
+            return
+        found, shared_api = records_cli.load(ref, start, end)
+    except CMLError as error:
+        fail(error, as_json=as_json)
+    except LookupError as error:
+        bad_input(str(error))
+    if not shared_api:
+        typer.echo(
+            "Note: no PREFECT_API_URL, so these are the records of this machine's own "
+            "ephemeral Prefect API; other machines cannot see them.",
+            err=True,
+        )
+    records_cli.show(found, ref, as_json=as_json)
+
+
+@app.command()
 def emulator(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8090,

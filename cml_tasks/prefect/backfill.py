@@ -56,6 +56,7 @@ from cml_tasks.job import JobRef
 from cml_tasks.prefect.blocks import load_credentials
 from cml_tasks.prefect.naming import artifact_key, job_slug
 from cml_tasks.prefect.project_limit import DEFAULT_PROJECT_LIMIT, ensure_project_limit
+from cml_tasks.prefect.records import NOT_SHARED, window_records
 from cml_tasks.prefect.tasks import resolve_settings
 from cml_tasks.prefect.window_run import OUTCOME_UNKNOWN_STATE
 from cml_tasks.prefect.window_task import start_window
@@ -289,6 +290,9 @@ def cml_backfill(
         mode,
         ", following runs to completion" if follow else "",
     )
+    records_note = "" if window_records().shared_api else NOT_SHARED
+    if records_note:
+        logger.warning("%s", records_note)
     if settings.api_v2_key is None:
         logger.info(
             "No API v2 key (CML_API_V2_KEY): a window whose start's outcome is unknown is "
@@ -323,7 +327,7 @@ def cml_backfill(
             plan,
             lambda on_done: _run_in_process(plan, max_concurrency, window_arguments, on_done),
         )
-    return _report(plan, outcomes, dry_run=dry_run)
+    return _report(plan, outcomes, dry_run=dry_run, note=records_note)
 
 
 def _collect(
@@ -348,14 +352,17 @@ def _collect(
     return [outcomes[p.key] for p in plan.windows]
 
 
-def _report(plan: BackfillPlan, outcomes: list[WindowOutcome], *, dry_run: bool) -> BackfillReport:
+def _report(
+    plan: BackfillPlan, outcomes: list[WindowOutcome], *, dry_run: bool, note: str
+) -> BackfillReport:
     """The report, as a table artifact and a log line; raises `BackfillFailed` if a window
     failed."""
     report = BackfillReport(job_url=plan.job.page_url, outcomes=outcomes, dry_run=dry_run)
     create_table_artifact(
         key=artifact_key("backfill", plan.job),
         table=_table(report),
-        description=f"Backfill of {plan.job.slug}: {report.summary()}",
+        description=f"Backfill of {plan.job.slug}: {report.summary()}"
+        + (f". {note}." if note else ""),
     )
     get_run_logger().info("%s", report.summary())
     if report.failures:

@@ -35,6 +35,11 @@ from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import filter_variables
 from cml_tasks.window_start import new_holder
 
+NOT_SHARED = (
+    "No PREFECT_API_URL: the window records are kept by this machine's own ephemeral Prefect "
+    "API; other machines cannot see them, and may start these windows again"
+)
+"""Said in the log and the artifact when the records cannot be shared."""
 LEASE_SECONDS = 45.0
 """How long a claim lasts unless renewed: a dead holder's window is free after this."""
 RENEW_SECONDS = 15.0

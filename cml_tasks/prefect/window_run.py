@@ -26,7 +26,7 @@ from cml_tasks.models import StartedRun
 from cml_tasks.prefect.blocks import load_credentials
 from cml_tasks.prefect.naming import artifact_key, job_slug
 from cml_tasks.prefect.project_limit import ensure_project_limit
-from cml_tasks.prefect.records import window_records
+from cml_tasks.prefect.records import NOT_SHARED, window_records
 from cml_tasks.prefect.tasks import resolve_settings
 from cml_tasks.prefect.window_task import start_window
 from cml_tasks.window_options import WindowOptions
@@ -151,7 +151,10 @@ def cml_window_run(
     skipped = outcome.result is WindowResult.SKIPPED
     if skipped:
         logger.warning("Nothing started for %s: %s", plan.run_name, outcome.reason)
-    record = window_records().read(planned.key)
+    records = window_records()
+    if not records.shared_api:
+        logger.warning("%s", NOT_SHARED)
+    record = records.read(planned.key)
     if record is None or record.engine_id is None:  # e.g. another start failed meanwhile
         raise CMLError(
             f"{plan.run_name}: nothing started ({outcome.reason}), and no run is recorded",
@@ -165,7 +168,8 @@ def cml_window_run(
     )
     create_markdown_artifact(
         key=artifact_key("window", plan.job),
-        markdown=_artifact_markdown(plan, run, outcome),
+        markdown=_artifact_markdown(plan, run, outcome)
+        + ("" if records.shared_api else f"\n**Note**: {NOT_SHARED}.\n"),
         description=f"CML run for {plan.run_name}"
         + (" (already started: nothing started)" if skipped else ""),
     )

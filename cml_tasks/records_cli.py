@@ -1,0 +1,76 @@
+"""The work of `cml-jobs records`: list a job's window records on the Prefect server, or
+forget one (it becomes "not started"), for a person to read and mend them."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cml_tasks._text import printable
+from cml_tasks.backfill import WindowRecord, job_tag
+from cml_tasks.job import JobRef
+from cml_tasks.windows import Window
+
+
+def load(job: JobRef, start: date | None, end: date | None) -> tuple[list[WindowRecord], bool]:
+    """The job's records overlapping `[start, end]`, oldest window first, and whether other
+    machines share them (False on an ephemeral Prefect API)."""
+    from cml_tasks.prefect.records import window_records
+
+    records = window_records()
+    found = [
+        record
+        for record in records.records(job_tag(job))
+        if (start is None or record.window_end > start)
+        and (end is None or record.window_start <= end)
+    ]
+    return sorted(found, key=lambda record: record.window_start), records.shared_api
+
+
+def label(record: WindowRecord) -> str:
+    return Window(start=record.window_start, end=record.window_end).label
+
+
+def show(records: list[WindowRecord], job: JobRef, *, as_json: bool) -> None:
+    if as_json:
+        payload = [{"window": label(r), **r.model_dump(mode="json")} for r in records]
+        typer.echo(json.dumps(payload, ensure_ascii=True))
+        return
+    table = Table(title=f"Window records of {printable(job.page_url)}", title_justify="left")
+    for column in ("window", "state", "engine / run id", "attempted (UTC)", "held by"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        attempted = f"{r.attempted_at:%Y-%m-%d %H:%M:%S}" if r.attempted_at else ""
+        held = f"{r.holder} until {r.lease_until:%H:%M:%S}" if r.holder and r.lease_until else ""
+        state = r.status.replace("_", " ")
+        if r.run_status:
+            state += f" ({r.run_status})"
+        row = [label(r), state, r.engine_id or "", attempted, held]
+        table.add_row(*(printable(cell) for cell in row))
+    Console().print(table)
+    typer.echo(f"{len(records)} windows with a record")
+
+
+def forget(job: JobRef, window: str, *, yes: bool) -> None:
+    """Delete the record of the window labelled `window` (as `records` shows it), after
+    asking; the next backfill or scheduled run starts that window again."""
+    from cml_tasks.prefect.records import window_records
+
+    matches = [
+        r for r in load(job, None, None)[0] if window in (label(r), r.window_start.isoformat())
+    ]
+    if not matches:
+        raise LookupError(f"no record of window {window!r} for {job.slug}: see `cml-jobs records`")
+    (record,) = matches
+    what = f"window {label(record)} of {job.slug} ({record.status.replace('_', ' ')}"
+    what += f", run {record.engine_id})" if record.engine_id else ")"
+    if not yes and not typer.confirm(
+        f"Forget {printable(what)}? The next backfill or scheduled run starts it again"
+    ):
+        raise typer.Exit(1)
+    window_records().forget(record.key)
+    typer.echo(f"Forgot {printable(what)}: it counts as not started now")

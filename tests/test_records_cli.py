@@ -1,0 +1,77 @@
+"""`cml-jobs records`: a person reads a job's window records and forgets one, on a real
+`prefect server start`; and is told when the records are not shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PrefectServer, machine_env
+
+from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
+
+CML_JOBS = str(Path(sys.executable).with_name("cml-jobs"))
+
+
+@pytest.fixture
+def cml() -> Iterator[Emulator]:
+    with Emulator() as emulator:
+        yield emulator
+
+
+def _cml_jobs(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CML_JOBS, *args], env=env, input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_records_are_listed_and_a_window_forgotten_after_asking(
+    prefect_server: PrefectServer, cml: Emulator, tmp_path: Path
+) -> None:
+    url = cml.job_url("alice", "risk-analysis", "208")
+    env = machine_env(prefect_server, tmp_path, "laptop", CML_API_KEY=DEFAULT_V1_KEY)
+    span = ["--from", "2017-01-01", "--to", "2017-03-31"]
+    assert _cml_jobs(env, "backfill", url, *span, "--json").returncode == 0
+
+    listed = _cml_jobs(env, "records", url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["window"], r["status"]) for r in rows] == [
+        ("2017-01", "started"),
+        ("2017-02", "started"),
+        ("2017-03", "started"),
+    ]
+    assert [r["engine_id"] for r in rows] == [run["id"] for run in cml.runs()]
+    assert all(r["attempted_at"] for r in rows)
+    table = _cml_jobs(env, "records", url, "--from", "2017-02-01", "--to", "2017-02-28")
+    assert "2017-02" in table.stdout and "2017-01" not in table.stdout
+    assert "1 windows with a record" in table.stdout
+
+    declined = _cml_jobs(env, "records", url, "--forget", "2017-02", stdin="n\n")
+    assert declined.returncode == 1
+    assert "Forget window 2017-02 of risk-analysis/208 (started, run" in declined.stdout
+    assert len(json.loads(_cml_jobs(env, "records", url, "--json").stdout)) == 3
+
+    forgot = _cml_jobs(env, "records", url, "--forget", "2017-02", "--yes")
+    assert forgot.returncode == 0, forgot.stderr
+    assert "not started now" in forgot.stdout
+    again = json.loads(_cml_jobs(env, "backfill", url, *span, "--json").stdout)
+    assert [o["result"] for o in again["outcomes"]] == ["skipped", "started", "skipped"]
+    assert len(cml.runs()) == 4
+
+    missing = _cml_jobs(env, "records", url, "--forget", "2016-12", "--yes")
+    assert missing.returncode == 2
+    assert "no record of window '2016-12'" in missing.stderr
+
+
+def test_records_on_an_ephemeral_api_say_they_are_not_shared(cml: Emulator, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CML_"))}
+    env |= {"PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    listed = _cml_jobs(env, "records", cml.job_url("alice", "risk-analysis", "208"))
+    assert listed.returncode == 0, listed.stderr
+    assert "ephemeral Prefect API; other machines cannot see them" in listed.stderr
