@@ -1,74 +1,204 @@
-"""Per-window overhead of a backfill against the emulator (run by hand, not in tests).
+"""Backfill speed against a CML that answers every start in 100 ms (run by hand, not in tests).
 
-    /work/venv/bin/python bench/backfill.py [--windows 200] [--max-concurrency 8]
+    .venv/bin/python bench/backfill.py                    # both databases, 240 and 1000 windows
+    .venv/bin/python bench/backfill.py --db postgresql --windows 240
+    .venv/bin/python bench/backfill.py --code /tmp/before  # the same, for another checkout
 
-Measures, in one run on one machine: a baseline of N plain `CMLClient.start` calls in a loop,
-then the `cml-backfill` flow over N daily windows (temporary Prefect API and PREFECT_HOME),
-then the same backfill again (every window skipped from its record). Prints windows/s.
+Starts the emulator (latency 100 ms on every start), then for each database a throwaway
+PostgreSQL (or SQLite) `prefect server start` with the project's limit raised to the
+concurrency. For each size it measures, in the same run: the baseline (a plain asyncio +
+httpx loop of v1 starts at the same concurrency), `cml-jobs backfill ... --json` as a user
+runs it (a subprocess on a fresh PREFECT_HOME: wall time, CPU, peak RSS), and the same
+command again (every window already started). Every exactly-once guarantee stays on: the
+emulator's run count is checked after each step. Prints one table.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cml-bench-")
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY / "tests"))
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cml-bench-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+LATENCY = 0.1
+RUN_CLI = (
+    "import atexit, resource, sys\n"
+    "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "atexit.register(lambda: print(f'maxrss_kb={peak()}', file=sys.stderr))\n"
+    "from cml_tasks.cli import main\n"
+    "main()\n"
+)
+"""`cml-jobs`, reporting its own peak RSS on exit."""
+
+
+@dataclass
+class Row:
+    figure: str
+    seconds: float
+    baseline: float | None = None
+    cpu: float | None = None
+    rss_mb: float | None = None
+    target: str = ""
+
+    def cells(self) -> list[str]:
+        ratio = f"{self.seconds / self.baseline:.1f}x" if self.baseline else ""
+        return [
+            self.figure,
+            f"{self.seconds:.2f} s",
+            f"{self.baseline:.2f} s" if self.baseline else "",
+            ratio,
+            f"{self.cpu:.1f} s" if self.cpu is not None else "",
+            f"{self.rss_mb:.0f} MB" if self.rss_mb is not None else "",
+            self.target,
+        ]
+
+
+def plain_loop(url: str, key: str, starts: list[dict[str, str]], concurrency: int) -> float:
+    """The baseline: v1 starts with asyncio + httpx, `concurrency` at once."""
+    import httpx
+
+    from cml_tasks.job import JobRef
+
+    auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    job = JobRef.parse(url)
+    start_url = f"{job.host}/api/v1/projects/{job.username}/{job.project}/jobs/{job.job_id}/start"
+
+    async def run() -> None:
+        limit = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def one(environment: dict[str, str]) -> None:
+                async with limit:
+                    answer = await client.post(
+                        start_url,
+                        json={"environment": environment},
+                        headers={"Authorization": auth, "Content-Type": "application/json"},
+                    )
+                    answer.raise_for_status()
+
+            await asyncio.gather(*(one(env) for env in starts))
+
+    began = time.perf_counter()
+    asyncio.run(run())
+    return time.perf_counter() - began
+
+
+def command(code: Path, *args: str, env: dict[str, str]) -> tuple[float, float, float, str]:
+    """Run `cml-jobs args` with `code` first on the path: wall s, CPU s, peak RSS MB, stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    began = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_CLI, *args],
+        env={**env, "PYTHONPATH": str(code)},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"cml-jobs {' '.join(args)} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    rss = float(done.stderr.rsplit("maxrss_kb=", 1)[1].split()[0]) / 1024
+    return wall, cpu, rss, done.stdout
+
+
+@contextmanager
+def prefect_server(db: str) -> Iterator[str]:
+    from conftest import running_postgres, running_prefect_server
+
+    with ExitStack() as stack:
+        extra = {}
+        if db == "postgresql":
+            extra["PREFECT_API_DATABASE_CONNECTION_URL"] = stack.enter_context(running_postgres())
+        home = Path(tempfile.mkdtemp(prefix=f"cml-bench-{db}-"))
+        server = stack.enter_context(running_prefect_server(home, **extra))
+        yield server.api_url
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--windows", type=int, default=200)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=["postgresql", "sqlite", "both"], default="both")
+    parser.add_argument("--windows", type=int, nargs="*", default=[240, 1000])
     parser.add_argument("--max-concurrency", type=int, default=8)
-    parser.add_argument("--project-limit", type=int, default=64, help="0: none")
+    parser.add_argument("--code", type=Path, default=REPOSITORY, help="checkout to measure")
     args = parser.parse_args()
-    n = args.windows
+    c = args.max_concurrency
 
-    from prefect.testing.utilities import prefect_test_harness
+    from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator, Fault
 
-    from cml_tasks import CMLClient, CMLSettings
-    from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
-    from cml_tasks.prefect.backfill import cml_backfill
-    from cml_tasks.window_options import WindowOptions
+    rows: list[Row] = []
+    dbs = ["postgresql", "sqlite"] if args.db == "both" else [args.db]
+    with Emulator() as cml:
+        cml.inject(Fault(endpoint="v1.start", kind="latency", seconds=LATENCY))
+        url = cml.job_url("alice", "risk-analysis", "208")
+        for db in dbs:
+            with prefect_server(db) as api_url:
+                from prefect.client.orchestration import get_client
+                from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    os.environ["CML_API_KEY"] = DEFAULT_V1_KEY
-    start, end = date(2000, 1, 1), date(2000, 1, 1) + timedelta(days=n - 1)
-    with Emulator() as emu, prefect_test_harness(server_startup_timeout=60):
-        url = emu.job_url("alice", "risk-analysis", "208")
-        with CMLClient(CMLSettings.load()) as client:
-            t0 = time.perf_counter()
-            for i in range(n):
-                client.start(url, {"START_DATE": str(i)})
-            baseline = time.perf_counter() - t0
+                with (
+                    temporary_settings({PREFECT_API_URL: api_url}),
+                    get_client(sync_client=True) as client,
+                ):
+                    client.upsert_global_concurrency_limit_by_name(
+                        "cml-project:alice:risk-analysis", c
+                    )
+                for n in args.windows:
+                    every = "month" if n <= 240 else "day"
+                    first = date(2000, 1, 1)
+                    if every == "month":
+                        last = date(2000 + (n - 1) // 12, (n - 1) % 12 + 1, 28)
+                    else:
+                        last = first + timedelta(days=n - 1)
+                    starts = [{"START_DATE": f"{i}", "END_DATE": "x"} for i in range(n)]
+                    baseline = plain_loop(url, DEFAULT_V1_KEY, starts, c)
+                    before = len(cml.runs())
+                    env = {
+                        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+                        "PREFECT_API_URL": api_url,
+                        "PREFECT_HOME": tempfile.mkdtemp(prefix="cml-bench-home-"),
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        "PREFECT_LOGGING_LEVEL": "WARNING",
+                        "CML_API_KEY": DEFAULT_V1_KEY,
+                    }
+                    backfill = [
+                        "backfill", url, "--from", first.isoformat(), "--to", last.isoformat(),
+                        "--every", every, "--max-concurrency", str(c), "--json",
+                    ]  # fmt: skip
+                    wall, cpu, rss, _ = command(args.code, *backfill, env=env)
+                    started = len(cml.runs()) - before
+                    assert started == n, f"{started} runs for {n} windows"
+                    rows.append(
+                        Row(f"{db}: {n} {every} windows, C={c}", wall, baseline, cpu, rss, "")
+                    )
+                    wall, cpu, rss, _ = command(args.code, *backfill, env=env)
+                    assert len(cml.runs()) - before == n, "a rerun started a window again"
+                    rows.append(Row(f"{db}: rerun, {n} started windows", wall, None, cpu, rss, ""))
+    print_table(rows)
 
-        def backfill() -> float:
-            t = time.perf_counter()
-            cml_backfill(
-                job=url,
-                start=start,
-                end=end,
-                options=WindowOptions(every="day"),
-                max_concurrency=args.max_concurrency,
-                project_limit=args.project_limit,
-            )
-            return time.perf_counter() - t
 
-        first = backfill()
-        again = backfill()
-        assert len(emu.runs()) == 2 * n, len(emu.runs())
-
-    print(f"baseline: {n} CMLClient.start calls in a loop: {baseline:.2f} s, {n / baseline:.0f}/s")
-    print(
-        f"backfill: {n} windows, max_concurrency={args.max_concurrency}, "
-        f"project_limit={args.project_limit}: {first:.2f} s, "
-        f"{n / first:.1f} windows/s, {first / baseline:.1f}x the baseline, "
-        f"{1000 * (first - baseline) / n:.0f} ms overhead per window"
-    )
-    print(f"resume:   {n} windows all skipped: {again:.2f} s, {n / again:.1f} windows/s")
+def print_table(rows: list[Row]) -> None:
+    header = ["figure", "time", "plain loop", "ratio", "CPU", "peak RSS", "target"]
+    table = [header, *(row.cells() for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import multiprocessing as mp
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -112,14 +113,16 @@ def latencies(n: int) -> list[str]:
     return lines
 
 
-def threads_throughput(per_worker: int) -> str:
+def threads_throughput(server: conftest.PrefectServer, per_worker: int) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
     run, ready = uuid.uuid4().hex[:8], threading.Barrier(WORKERS + 1)
 
     def work(worker: int) -> None:
-        with get_client(sync_client=True) as client:
+        # Prefect's settings (here the API URL) live in a context variable, which a new thread
+        # does not inherit: without this, the thread's client would start an ephemeral server.
+        with server.as_current_api(), get_client(sync_client=True) as client:
             client.read_variables(limit=1)
             ready.wait()
             ready.wait()
@@ -172,7 +175,7 @@ def measure(label: str, server: conftest.PrefectServer, args: argparse.Namespace
     with server.as_current_api():
         for line in latencies(args.n):
             print(f"  {line}")
-        print(f"  {threads_throughput(args.n // 2)}")
+        print(f"  {threads_throughput(server, args.n // 2)}")
         print(f"  {gather_throughput(args.n // 2)}", flush=True)
 
 
@@ -182,6 +185,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="operations of each kind")
     parser.add_argument("--sqlite", action="store_true", help="also a server on SQLite")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up when killed
     mp.set_start_method("fork")
     base = Path(tempfile.mkdtemp(prefix="cml-bench-variables-"))
     try:

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -94,14 +94,21 @@ class WindowStart:
     """The v2 key is set: an unknown outcome is resolved by asking CML."""
     witness: Witness | None = None
     """With the v2 key: CML's run of a window that has no record, adopted instead of a start."""
-    seen: WindowRecord | None = field(default=None, init=False)
+    seen: WindowRecord | None = None
+    """The record as last read (a backfill reads all of a job's records at once)."""
+    seen_is_current: bool = False
+    """`seen` was read just now: `check` need not read it again (a stale one only costs a
+    failed claim and a second read)."""
 
     def check(self) -> WindowOutcome | None:
         """The window's outcome if there is nothing to start (skipped); None to go on.
 
         Cheap, and taken before the project's slot, so skipped windows never wait for one.
         """
-        self.seen = self._settled(self.records.read(self.planned.key))
+        stale = self.seen is not None and self.seen.status is WindowStatus.STARTING
+        if not self.seen_is_current or stale:  # a start then in flight has moved on since
+            self.seen = self.records.read(self.planned.key)
+        self.seen = self._settled(self.seen)
         action, reason = decide_record(self.seen, self.reprocess)
         if action is Action.UNKNOWN and not self.can_reconcile:
             raise self._unknown(reason)

@@ -42,6 +42,7 @@ from cml_tasks.backfill import (
     WindowStatus,
     check_run_options,
     decide,
+    job_tag,
     plan_backfill,
 )
 from cml_tasks.errors import (
@@ -128,8 +129,10 @@ def _run_in_process(
     `max_concurrency` unfinished at once.
 
     Followed, a task ends with its CML run, so `max_concurrency` (and the project limit)
-    bound active CML runs, not just start calls.
+    bound active CML runs, not just start calls. The job's records are read at once (one
+    paged listing), so a window costs two calls of coordination: its claim and its release.
     """
+    known = {record.key: record for record in window_records().records(job_tag(plan.job))}
     by_future: dict[PrefectFuture[WindowOutcome], PlannedWindow] = {}
 
     def collect(future: PrefectFuture[WindowOutcome]) -> None:
@@ -145,7 +148,13 @@ def _run_in_process(
     for planned in plan.windows:
         while len(by_future) >= max_concurrency:
             collect(next(as_completed(list(by_future))))
-        future = start_window.submit(job=plan.job, planned=planned, **window_arguments)
+        future = start_window.submit(
+            job=plan.job,
+            planned=planned,
+            record=known.get(planned.key),
+            record_is_current=True,
+            **window_arguments,
+        )
         by_future[future] = planned
     for future in as_completed(list(by_future)):
         collect(future)

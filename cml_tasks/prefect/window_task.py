@@ -14,7 +14,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from cml_tasks._shared import shared
-from cml_tasks.backfill import PlannedWindow, Reprocess, WindowOutcome, WindowResult, WindowStatus
+from cml_tasks.backfill import (
+    PlannedWindow,
+    Reprocess,
+    WindowOutcome,
+    WindowRecord,
+    WindowResult,
+    WindowStatus,
+)
 from cml_tasks.errors import CMLRunError, CMLWaitCancelled, CMLWaitTimeout
 from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun, RunStatus
@@ -54,12 +61,17 @@ def start_window(
     follow: bool = False,
     poll_interval: float = 30.0,
     max_wait: float | None = None,
+    record: WindowRecord | None = None,
+    record_is_current: bool = False,
 ) -> WindowOutcome:
     """Start the job for one window unless its record says not to; record what happened.
 
     Raises the start's `CMLError` when it failed (recorded `start_failed`, retried by the next
     `missing` backfill) and `CMLOutcomeUnknown` when a run may exist and CML cannot be asked
     (no API v2 key, or v2 unreachable): never retried blindly.
+
+    `record`, with `record_is_current=True`, is the window's record as just read (None: it
+    has none), so the task need not read it again.
 
     `project_limit` names a global concurrency limit held while the start is in flight and,
     with `follow=True`, until the CML run ends. Followed windows end `succeeded` (returned) or
@@ -76,6 +88,8 @@ def start_window(
         follow=follow,
         can_reconcile=can_reconcile,
         witness=run_index(settings, job, str(flow_run.id)).find if can_reconcile else None,
+        seen=record,
+        seen_is_current=record_is_current,
     )
     done = window.check()
     if done is not None:
