@@ -53,6 +53,8 @@ WAIT = ("start", JOB, "--wait")
 RUNS = ("runs", JOB)
 STOP = ("stop", JOB, "abcdefgh12345678")
 WINDOWS = ("windows", "--from", "2017-01-01", "--to", "2017-12-31")
+DRY = ("backfill", JOB, "--from", "2017-01-01", "--to", "2017-03-31", "--dry-run")
+DRY_FOLLOW = (*DRY, "--follow")
 BAD = ExitCode.BAD_INPUT
 CR_KEY = DEFAULT_V2_KEY + "\r"
 
@@ -235,6 +237,64 @@ CASES: dict[str, Case] = {
     "timeout negative option": Case((*WAIT, "--timeout", "-1s"), BAD, "must be between 1s and 7d"),
     "timeout words": Case(
         (*WAIT, "--timeout", "soon"), BAD, "Invalid --timeout 'soon': use e.g. 90s"
+    ),
+    # --- backfill --dry-run: the same checks as a real run (check_run_options, CML_HOST) ----
+    "backfill max concurrency 0": Case(
+        (*DRY, "--max-concurrency", "0"), BAD, "max_concurrency must be 1..64, got 0"
+    ),
+    "backfill max concurrency 10000": Case(
+        (*DRY, "--max-concurrency", "10000"), BAD, "max_concurrency must be 1..64, got 10000"
+    ),
+    "backfill max concurrency words": Case(
+        (*DRY, "--max-concurrency", "many"), BAD, "Invalid value for '--max-concurrency'"
+    ),
+    "backfill reprocess bogus": Case(
+        (*DRY, "--reprocess", "bogus"),
+        BAD,
+        "invalid reprocess 'bogus': use 'missing', 'failed' or 'all'",
+    ),
+    "backfill reprocess bogus json": Case(
+        (*DRY, "--reprocess", "bogus", "--json"),
+        BAD,
+        '"type": "CMLInputError", "message": "invalid reprocess',
+    ),
+    "backfill job on another host": Case(
+        DRY,
+        BAD,
+        "is not CML_HOST https://cml.example.com: refusing to send the API key to another host",
+        {"CML_HOST": "https://cml.example.com"},
+    ),
+    "backfill job on another host without keys": Case(
+        DRY,
+        BAD,
+        "refusing to send the API key to another host",
+        {"CML_HOST": "https://cml.example.com", "CML_API_KEY": None, "CML_API_V2_KEY": None},
+    ),
+    "backfill bad date": Case(
+        ("backfill", JOB, "--from", "2017-02-30", "--to", "2017-03-31", "--dry-run"),
+        BAD,
+        "day is out of range for month",
+    ),
+    "backfill follow poll nan": Case(
+        (*DRY_FOLLOW, "--poll", "nan"), BAD, "'nan': must be a finite duration"
+    ),
+    "backfill follow poll inf": Case(
+        (*DRY_FOLLOW, "--poll", "inf"), BAD, "'inf': must be a finite duration"
+    ),
+    "backfill follow poll microsecond": Case(
+        (*DRY_FOLLOW, "--poll", "0.000001s"), BAD, "must be between 1s and 7d"
+    ),
+    "backfill follow timeout nan": Case(
+        (*DRY_FOLLOW, "--timeout", "nan"), BAD, "'nan': must be a finite duration"
+    ),
+    "backfill follow timeout words": Case(
+        (*DRY_FOLLOW, "--timeout", "soon"), BAD, "'soon': use e.g. 90s, 30m, 2h"
+    ),
+    "backfill follow timeout a month": Case(
+        (*DRY_FOLLOW, "--timeout", "30d"), BAD, "must be between 1s and 7d"
+    ),
+    "backfill follow timeout negative": Case(
+        (*DRY_FOLLOW, "--timeout", "-1s"), BAD, "must be between 1s and 7d"
     ),
     # --- runs and stop options -------------------------------------------------------------
     "limit negative": Case((*RUNS, "--limit", "-5"), BAD, "--limit"),
@@ -448,6 +508,69 @@ def test_bad_input_and_hostile_answers(cml: Emulator, case: Case) -> None:
     if case.sent is not None:
         sent = [r for r in cml.requests()[before:] if case.fault is None or r["fault"]]
         assert len(sent) == case.sent, sent
+
+
+RUN_OPTIONS = {
+    "max concurrency 0": (("--max-concurrency", "0"), {"max_concurrency": 0}),
+    "max concurrency 10000": (("--max-concurrency", "10000"), {"max_concurrency": 10000}),
+    "reprocess bogus": (("--reprocess", "bogus"), {"reprocess": "bogus"}),
+}
+
+
+@pytest.mark.parametrize(("args", "given"), RUN_OPTIONS.values(), ids=list(RUN_OPTIONS))
+def test_backfill_dry_run_says_what_the_flow_says(
+    cml: Emulator, args: tuple[str, ...], given: dict[str, object]
+) -> None:
+    """One validation path: the dry run's message is `check_run_options`'s, the check the
+    `cml-backfill` flow makes before its first request (tests/test_backfill.py runs the flow)."""
+    from cml_tasks.backfill import check_run_options
+    from cml_tasks.errors import CMLInputError
+
+    options: dict[str, object] = {
+        "max_concurrency": 4,
+        "reprocess": "missing",
+        "follow": False,
+        "scale_out": False,
+        "poll_interval": 30.0,
+    }
+    with pytest.raises(CMLInputError) as caught:
+        check_run_options(**(options | given))  # type: ignore[arg-type]
+    job = JOB.replace("{base}", cml.url)
+    result = CliRunner().invoke(app, [*DRY[:1], job, *DRY[2:], *args], env={**KEYS})
+    assert result.exit_code == BAD
+    assert result.output == f"Error: {caught.value}\n"
+
+
+# Known gaps of `cml-jobs backfill`'s own options (cml_tasks/cli.py, `backfill`: it parses
+# `--poll`/`--timeout` only under `if follow:` and without naming the option). `start` refuses
+# `--timeout`/`--poll` without `--wait` and names the option; the backfill should do the same.
+
+
+@pytest.mark.xfail(
+    strict=True, reason="cli.py backfill: --timeout without --follow is silently ignored"
+)
+def test_backfill_timeout_without_follow_is_refused(cml: Emulator) -> None:
+    args = [*DRY[:1], JOB.replace("{base}", cml.url), *DRY[2:], "--timeout", "2h"]
+    result = CliRunner().invoke(app, args, env={**KEYS, "CML_HOST": None})
+    assert result.exit_code == BAD, result.output
+    assert "--timeout only applies with --follow" in result.output
+
+
+@pytest.mark.xfail(strict=True, reason="cli.py backfill: --poll without --follow is ignored")
+def test_backfill_poll_without_follow_is_refused(cml: Emulator) -> None:
+    args = [*DRY[:1], JOB.replace("{base}", cml.url), *DRY[2:], "--poll", "nan"]
+    result = CliRunner().invoke(app, args, env={**KEYS, "CML_HOST": None})
+    assert result.exit_code == BAD, result.output
+    assert "--poll only applies with --follow" in result.output
+
+
+@pytest.mark.xfail(strict=True, reason="cli.py backfill: parse_duration() called without option=")
+@pytest.mark.parametrize("option", ["--poll", "--timeout"])
+def test_backfill_duration_errors_name_the_option(cml: Emulator, option: str) -> None:
+    args = [*DRY_FOLLOW[:1], JOB.replace("{base}", cml.url), *DRY_FOLLOW[2:], option, "nan"]
+    result = CliRunner().invoke(app, args, env={**KEYS, "CML_HOST": None})
+    assert result.exit_code == BAD, result.output
+    assert f"Invalid {option} 'nan': must be a finite duration" in result.output
 
 
 def test_a_key_that_slips_past_the_settings_never_shows_in_a_transport_error(
