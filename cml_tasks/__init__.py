@@ -6,35 +6,66 @@ that needs Prefect (tasks, flows, the credentials block) lives in `cml_tasks.pre
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from cml_tasks._retry import RetryPolicy, set_testing
-from cml_tasks.client import AsyncCMLClient, CMLClient
-from cml_tasks.errors import (
-    CMLAuthError,
-    CMLConfigError,
-    CMLError,
-    CMLHTTPError,
-    CMLInputError,
-    CMLNotFoundError,
-    CMLOutcomeUnknown,
-    CMLProtocolError,
-    CMLRequestRejected,
-    CMLRunError,
-    CMLRunFailed,
-    CMLRunSkipped,
-    CMLRunStopped,
-    CMLRunTimedOut,
-    CMLServerError,
-    CMLThrottled,
-    CMLTLSError,
-    CMLTransportError,
-    CMLWaitCancelled,
-    CMLWaitTimeout,
-)
-from cml_tasks.job import JobRef
-from cml_tasks.models import JobRun, RunPage, RunStatus, StartedRun
-from cml_tasks.settings import CMLSettings
+if TYPE_CHECKING:
+    from cml_tasks._retry import RetryPolicy, set_testing
+    from cml_tasks.client import AsyncCMLClient, CMLClient
+    from cml_tasks.errors import (
+        CMLAuthError,
+        CMLConfigError,
+        CMLError,
+        CMLHTTPError,
+        CMLInputError,
+        CMLNotFoundError,
+        CMLOutcomeUnknown,
+        CMLProtocolError,
+        CMLRequestRejected,
+        CMLRunError,
+        CMLRunFailed,
+        CMLRunSkipped,
+        CMLRunStopped,
+        CMLRunTimedOut,
+        CMLServerError,
+        CMLThrottled,
+        CMLTLSError,
+        CMLTransportError,
+        CMLWaitCancelled,
+        CMLWaitTimeout,
+    )
+    from cml_tasks.job import JobRef
+    from cml_tasks.models import JobRun, RunPage, StartedRun
+    from cml_tasks.run_status import RunStatus
+    from cml_tasks.settings import CMLSettings
+
+_HOMES = {
+    "RetryPolicy": "_retry",
+    "set_testing": "_retry",
+    "AsyncCMLClient": "client",
+    "CMLClient": "client",
+    "JobRef": "job",
+    "JobRun": "models",
+    "RunPage": "models",
+    "StartedRun": "models",
+    "RunStatus": "run_status",
+    "CMLSettings": "settings",
+}
+"""Where each public name lives: imported on first use, so `cml-jobs --help` and the errors
+load no httpx or pydantic."""
+
+
+def __getattr__(name: str) -> object:
+    module = _HOMES.get(name) or ("errors" if name.startswith("CML") else None)
+    if module is None:
+        raise AttributeError(f"module 'cml_tasks' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"cml_tasks.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AsyncCMLClient",

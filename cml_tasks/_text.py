@@ -28,3 +28,18 @@ def printable(text: object) -> str:
 def has_unsafe(text: str) -> bool:
     """True when `text` holds a character `printable` would escape."""
     return _UNSAFE.search(text) is not None
+
+
+def columns(header: list[str], rows: list[list[str]]) -> str:
+    """`rows` under `header` as aligned plain-text columns, every cell made `printable`.
+
+    Plain text, not a rich table: a dry run of 100 years of days (36,525 rows) prints in
+    a fraction of a second, and no server text is read as markup.
+    """
+    cells = [[printable(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in cells
+    ]
+    return "\n".join(line.rstrip() for line in lines)

@@ -10,8 +10,8 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from cml_tasks._text import columns, printable
 from cml_tasks.backfill import (
     BackfillReport,
     WindowOutcome,
@@ -85,22 +85,21 @@ def print_report(report: BackfillReport, *, as_json: bool) -> None:
         payload["summary"] = report.summary()
         typer.echo(json.dumps(payload))
         return
-    table = Table(title=f"Backfill of {report.job_url}", title_justify="left")
     followed = any(o.run_status for o in report.outcomes)
-    columns = ["window", "environment", "result", "engine id / error"]
-    for column in columns + (["CML status", "run page"] if followed else []):
-        table.add_column(column, overflow="fold")
+    header = ["window", "environment", "result", "engine id / error"]
+    if followed:
+        header += ["CML status", "run page"]
+    rows = []
     for o in report.outcomes:
         env = " ".join(f"{k}={v}" for k, v in o.environment.items())
-        style = "red" if o.failed else None
         detail = o.error or o.engine_id or o.reason or ""
         row = [o.window, env, o.result.replace("_", " "), detail]
         if followed:
             row += [o.run_status or "", o.run_url or ""]
-        table.add_row(*row, style=style)
-    console = Console()
-    console.print(table)
-    console.print(report.summary())
+        rows.append(row)
+    typer.echo(f"Backfill of {printable(report.job_url)}")
+    typer.echo(columns(header, rows))
+    typer.echo(report.summary())
 
 
 def has_unknown(report: BackfillReport) -> bool:

@@ -27,11 +27,11 @@ from cml_tasks.errors import (
     CMLRequestRejected,
     CMLRunError,
 )
-from cml_tasks.models import RunStatus
-from cml_tasks.settings import CMLSettings
+from cml_tasks.run_status import RunStatus
 
 if TYPE_CHECKING:
     from cml_tasks.models import JobRun
+    from cml_tasks.settings import CMLSettings
     from cml_tasks.window_options import WindowOptions
 
 
@@ -198,6 +198,7 @@ def start_and_follow(
     from cml_tasks.client import CMLClient
     from cml_tasks.environment import parse_assignments
     from cml_tasks.reconcile import start_run
+    from cml_tasks.settings import CMLSettings
     from cml_tasks.waiting import raise_for_status, wait_for_run
 
     def show(run: JobRun) -> None:
@@ -234,6 +235,7 @@ def runs(
     from itertools import islice
 
     from cml_tasks.client import CMLClient
+    from cml_tasks.settings import CMLSettings
 
     try:
         search_filter = {"status": parse_status(status).short} if status is not None else None
@@ -281,6 +283,7 @@ def stop(
 ) -> None:
     """Stop a run of a job (API v2); a run that already ended is left as it is."""
     from cml_tasks.client import CMLClient
+    from cml_tasks.settings import CMLSettings
 
     try:
         with CMLClient(CMLSettings.load(required=("api_v2_key",))) as client:
@@ -300,6 +303,7 @@ def start_and_report(
     from cml_tasks.client import CMLClient
     from cml_tasks.environment import parse_assignments
     from cml_tasks.job import JobRef
+    from cml_tasks.settings import CMLSettings
 
     try:
         ref = JobRef.parse(job)
@@ -533,6 +537,7 @@ def records(
     or forget one so that the next backfill or scheduled run starts it again."""
     from cml_tasks import records_cli
     from cml_tasks.job import JobRef
+    from cml_tasks.settings import CMLSettings
     from cml_tasks.windows import parse_date
 
     try:
@@ -590,6 +595,7 @@ def emulator(
 def demo() -> None:
     """Start Alice's job 208 for January 2017 on a built-in emulator, as Cloudera's docs do."""
     from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
+    from cml_tasks.settings import CMLSettings
 
     with Emulator() as cml:
         url = cml.job_url("alice", "risk-analysis", "208")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cml_tasks.job import JobRef
+from cml_tasks.run_status import RunStatus
 
 SERVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 """An id CML hands out (engine and run ids, v2 project and job ids), with `fullmatch`.
@@ -35,45 +35,6 @@ class StartedRun(BaseModel):
     @property
     def job_url(self) -> str:
         return self.job.page_url
-
-
-class RunStatus(StrEnum):
-    """API v2 `EngineStatus`; an unknown future value reads as `UNKNOWN`: keep polling."""
-
-    SCHEDULING = "ENGINE_SCHEDULING"
-    STARTING = "ENGINE_STARTING"
-    RUNNING = "ENGINE_RUNNING"
-    STOPPING = "ENGINE_STOPPING"
-    STOPPED = "ENGINE_STOPPED"
-    UNKNOWN = "ENGINE_UNKNOWN"
-    SUCCEEDED = "ENGINE_SUCCEEDED"
-    FAILED = "ENGINE_FAILED"
-    TIMEDOUT = "ENGINE_TIMEDOUT"
-    SKIPPED = "ENGINE_SKIPPED"
-
-    @classmethod
-    def _missing_(cls, value: object) -> RunStatus:
-        return cls.UNKNOWN
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in _TERMINAL
-
-    @property
-    def short(self) -> str:
-        """`ENGINE_RUNNING` -> `running`, the form `search_filter` and people use."""
-        return self.value.removeprefix("ENGINE_").lower()
-
-
-_TERMINAL = frozenset(
-    {
-        RunStatus.STOPPED,
-        RunStatus.SUCCEEDED,
-        RunStatus.FAILED,
-        RunStatus.TIMEDOUT,
-        RunStatus.SKIPPED,
-    }
-)
 
 
 class JobRun(BaseModel):

@@ -7,10 +7,8 @@ import json
 from datetime import date
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from cml_tasks._text import printable
+from cml_tasks._text import columns, printable
 from cml_tasks.backfill import WindowRecord, job_tag
 from cml_tasks.job import JobRef
 from cml_tasks.windows import Window
@@ -40,18 +38,15 @@ def show(records: list[WindowRecord], job: JobRef, *, as_json: bool) -> None:
         payload = [{"window": label(r), **r.model_dump(mode="json")} for r in records]
         typer.echo(json.dumps(payload, ensure_ascii=True))
         return
-    table = Table(title=f"Window records of {printable(job.page_url)}", title_justify="left")
-    for column in ("window", "state", "engine / run id", "attempted (UTC)", "held by"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for r in records:
         attempted = f"{r.attempted_at:%Y-%m-%d %H:%M:%S}" if r.attempted_at else ""
         held = f"{r.holder} until {r.lease_until:%H:%M:%S}" if r.holder and r.lease_until else ""
-        state = r.status.replace("_", " ")
-        if r.run_status:
-            state += f" ({r.run_status})"
-        row = [label(r), state, r.engine_id or "", attempted, held]
-        table.add_row(*(printable(cell) for cell in row))
-    Console().print(table)
+        state = r.status.replace("_", " ") + (f" ({r.run_status})" if r.run_status else "")
+        rows.append([label(r), state, r.engine_id or "", attempted, held])
+    typer.echo(f"Window records of {printable(job.page_url)}")
+    header = ["window", "state", "engine / run id", "attempted (UTC)", "held by"]
+    typer.echo(columns(header, rows))
     typer.echo(f"{len(records)} windows with a record")
 
 

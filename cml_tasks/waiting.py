@@ -39,7 +39,8 @@ from cml_tasks.errors import (
     CMLWaitTimeout,
 )
 from cml_tasks.job import JobRef
-from cml_tasks.models import JobRun, RunStatus
+from cml_tasks.models import JobRun
+from cml_tasks.run_status import RunStatus
 
 logger = logging.getLogger("cml_tasks.waiting")
 

@@ -98,6 +98,7 @@ def test_killed_backfill_resumes_each_window_exactly_once(
         assert process.poll() is None, "the backfill ended before it could be killed"
         assert time.monotonic() < deadline, "the backfill never got going"
         time.sleep(0.05)
+    time.sleep(1.0)  # a claim writes `starting` just before its call goes out: let both go
     process.send_signal(signal.SIGKILL)
     process.wait()
     interrupted = {label for label, s in _statuses(url).items() if s is WindowStatus.STARTING}

@@ -28,7 +28,7 @@ from cml_tasks.emulator import (
     ProjectConfig,
     default_config,
 )
-from cml_tasks.models import RunStatus
+from cml_tasks.run_status import RunStatus
 
 FAST_RETRY = RetryPolicy(attempts=4, timeout=5, wait_initial=0.01, wait_max=0.05)
 

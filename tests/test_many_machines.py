@@ -137,8 +137,9 @@ def test_a_served_schedule_and_a_backfill_elsewhere_start_a_month_once(
                 server, tmp_path, "laptop", url, "--from", "2017-01-01", "--to", "2017-01-31"
             )
             report = _report(laptop)
+            deadline = time.monotonic() + 120
             while not (state := client.read_flow_run(flow_run.id).state) or not state.is_final():
-                assert time.monotonic() < deadline + 60, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(0.5)
     finally:
         stop_process(serving)
@@ -219,6 +220,7 @@ def test_a_machine_killed_mid_start_leaves_each_window_once_or_reported(
     while _starting(server) < 4:
         assert time.monotonic() < deadline, "the first machines never started 4 windows"
         time.sleep(0.2)
+    time.sleep(1.0)  # a claim writes `starting` just before its call goes out: let them go
     for process in killed:
         process.send_signal(signal.SIGKILL)
         process.wait()

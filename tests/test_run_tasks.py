@@ -17,8 +17,9 @@ from cml_tasks.emulator import (
     default_config,
 )
 from cml_tasks.errors import CMLRunFailed, CMLRunTimedOut, CMLWaitTimeout
-from cml_tasks.models import JobRun, RunStatus
+from cml_tasks.models import JobRun
 from cml_tasks.prefect.tasks import arun_cml_job, follow_cml_run, run_cml_job, start_cml_job
+from cml_tasks.run_status import RunStatus
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 SETTINGS = CMLSettings.load(host=None, api_key=DEFAULT_V1_KEY, api_v2_key=DEFAULT_V2_KEY)

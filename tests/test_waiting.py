@@ -20,7 +20,8 @@ from cml_tasks.errors import (
     CMLWaitCancelled,
     CMLWaitTimeout,
 )
-from cml_tasks.models import JobRun, RunStatus
+from cml_tasks.models import JobRun
+from cml_tasks.run_status import RunStatus
 from cml_tasks.waiting import RunPoller, async_wait_for_run, raise_for_status, wait_for_run
 
 # Two tries only, so a fault that fires twice exhausts the client's retries: the waiter's

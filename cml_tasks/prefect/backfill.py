@@ -56,7 +56,12 @@ from cml_tasks.errors import (
 from cml_tasks.job import JobRef
 from cml_tasks.prefect.blocks import load_credentials
 from cml_tasks.prefect.naming import artifact_key, job_slug
-from cml_tasks.prefect.project_limit import DEFAULT_PROJECT_LIMIT, ensure_project_limit
+from cml_tasks.prefect.project_limit import (
+    DEFAULT_PROJECT_LIMIT,
+    ensure_project_limit,
+    limit_size,
+    resize_hint,
+)
 from cml_tasks.prefect.records import NOT_SHARED, window_records
 from cml_tasks.prefect.tasks import resolve_settings
 from cml_tasks.prefect.window_run import OUTCOME_UNKNOWN_STATE
@@ -299,9 +304,9 @@ def cml_backfill(
         mode,
         ", following runs to completion" if follow else "",
     )
-    records_note = "" if window_records().shared_api else NOT_SHARED
-    if records_note:
-        logger.warning("%s", records_note)
+    note = "" if window_records().shared_api else NOT_SHARED
+    if note:
+        logger.warning("%s", note)
     if settings.api_v2_key is None:
         logger.info(
             "No API v2 key (CML_API_V2_KEY): a window whose start's outcome is unknown is "
@@ -322,12 +327,19 @@ def cml_backfill(
             ),
         )
     else:
+        limit_name = ensure_project_limit(plan.job, project_limit) if project_limit > 0 else None
+        if limit_name is not None and (size := limit_size(limit_name)) < max_concurrency:
+            capped = (
+                f"The project limit {limit_name} has {size} slots, fewer than "
+                f"max_concurrency={max_concurrency}: at most {size} windows of the project "
+                f"start at once. Raise it: {resize_hint(limit_name, max_concurrency)}"
+            )
+            logger.warning("%s", capped)
+            note = f"{note}. {capped}" if note else capped
         window_arguments = {
             "reprocess": mode,
             "credentials": settings,
-            "project_limit": (
-                ensure_project_limit(plan.job, project_limit) if project_limit > 0 else None
-            ),
+            "project_limit": limit_name,
             "follow": follow,
             "poll_interval": poll_interval,
             "max_wait": max_wait,
@@ -336,7 +348,7 @@ def cml_backfill(
             plan,
             lambda on_done: _run_in_process(plan, max_concurrency, window_arguments, on_done),
         )
-    return _report(plan, outcomes, dry_run=dry_run, note=records_note)
+    return _report(plan, outcomes, dry_run=dry_run, note=note)
 
 
 def _collect(

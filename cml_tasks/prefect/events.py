@@ -8,7 +8,8 @@ Inside a task or flow run Prefect adds that run as related resources too.
 
 from __future__ import annotations
 
-from cml_tasks.models import JobRun, RunStatus
+from cml_tasks.models import JobRun
+from cml_tasks.run_status import RunStatus
 
 _TERMINAL_EVENTS = {
     RunStatus.SUCCEEDED: "cml.run.succeeded",

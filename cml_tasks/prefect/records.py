@@ -23,16 +23,16 @@ from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.settings import get_current_settings
 
 from cml_tasks._shared import shared
 from cml_tasks.backfill import WindowRecord, job_tag
 from cml_tasks.errors import CMLOutcomeUnknown
 from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import filter_variables
+from cml_tasks.prefect.api import api_is_shared, prefect_api
 from cml_tasks.window_start import new_holder
 
 NOT_SHARED = (
@@ -78,7 +78,8 @@ class ServerRecords:
                     )
                 )
             except ObjectAlreadyExists:
-                return None
+                if not self._wrote(key, stamped):
+                    return None
             return _Claim(self, key, stamped, takeover=None)
         return self._take_over(key, seen, record)
 
@@ -116,10 +117,12 @@ class ServerRecords:
                 other = self.client.read_variable_by_name(name)
                 if other is None:  # released meanwhile: try the same attempt again
                     continue
-                if WindowRecord.model_validate(other.value).held_by_another(self.holder, _now()):
-                    return None
-                attempt += 1  # its holder died between claiming and writing the record
-                continue
+                claimed = WindowRecord.model_validate(other.value)
+                if claimed.holder != self.holder:
+                    if claimed.held_by_another(self.holder, _now()):
+                        return None
+                    attempt += 1  # its holder died between claiming and writing the record
+                    continue
             current = self.read(key)
             if current is None or (current.attempt, current.updated_at) != (
                 seen.attempt,
@@ -130,6 +133,16 @@ class ServerRecords:
             stamped = self._stamped(record, attempt)
             self._put(key, stamped)
             return _Claim(self, key, stamped, takeover=name)
+
+    def _wrote(self, key: str, stamped: WindowRecord) -> bool:
+        """Whether a create that answered "exists" was our own: the client resends a create
+        whose answer was lost, and the resend finds what the first one made."""
+        current = self.read(key)
+        return (
+            current is not None
+            and current.holder == stamped.holder
+            and current.lease_until == stamped.lease_until
+        )
 
     def _stamped(self, record: WindowRecord, attempt: int) -> WindowRecord:
         return record.model_copy(
@@ -216,14 +229,11 @@ def _now() -> datetime:
 
 
 def window_records() -> ServerRecords:
-    """The records of the current Prefect API, with one client per process and API."""
-    url = get_current_settings().api.url
-    return _records(str(url) if url else None)
+    """The records of the current Prefect API, through the process's one client."""
+    return _records(prefect_api())
 
 
 @shared
-def _records(api_url: str | None) -> ServerRecords:
-    client = get_client(sync_client=True)
-    client.__enter__()  # one connection pool for the process's lifetime
+def _records(client: SyncPrefectClient) -> ServerRecords:
     holder = new_holder(socket.gethostname(), os.getpid())
-    return ServerRecords(client, holder, shared_api=api_url is not None)
+    return ServerRecords(client, holder, shared_api=api_is_shared())

@@ -11,12 +11,13 @@ from prefect.states import Cancelled, Completed
 from cml_tasks._shared import shared
 from cml_tasks.client import AsyncCMLClient, CMLClient
 from cml_tasks.job import JobRef
-from cml_tasks.models import JobRun, RunStatus, StartedRun
+from cml_tasks.models import JobRun, StartedRun
 from cml_tasks.prefect._adapter import cancel_requested
 from cml_tasks.prefect.blocks import CMLCredentials
 from cml_tasks.prefect.events import emit_run_event
 from cml_tasks.prefect.naming import job_slug, window_text
 from cml_tasks.reconcile import async_start_run, start_run
+from cml_tasks.run_status import RunStatus
 from cml_tasks.settings import CMLSettings
 from cml_tasks.waiting import RunPoller, async_wait_for_run, raise_for_status
 

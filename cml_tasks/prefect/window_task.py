@@ -24,13 +24,14 @@ from cml_tasks.backfill import (
 )
 from cml_tasks.errors import CMLRunError, CMLWaitCancelled, CMLWaitTimeout
 from cml_tasks.job import JobRef
-from cml_tasks.models import JobRun, RunStatus
+from cml_tasks.models import JobRun
 from cml_tasks.prefect.blocks import CMLCredentials
 from cml_tasks.prefect.events import emit_run_event
 from cml_tasks.prefect.project_limit import project_slot
 from cml_tasks.prefect.records import window_records
 from cml_tasks.prefect.tasks import follow_to_end, log_started, resolve_settings, shared_client
 from cml_tasks.reconcile import RunIndex
+from cml_tasks.run_status import RunStatus
 from cml_tasks.settings import CMLSettings
 from cml_tasks.waiting import raise_for_status
 from cml_tasks.window_start import WindowStart
@@ -94,7 +95,7 @@ def start_window(
     done = window.check()
     if done is not None:
         return done
-    with project_slot(project_limit):
+    with project_slot(project_limit, window.log, f"{job.slug} {planned.label}"):
         started = window.start(shared_client(settings))
         if isinstance(started, WindowOutcome):
             return started

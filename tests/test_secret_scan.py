@@ -1,0 +1,462 @@
+"""The secret scan: recognisable API keys go through every command, flow and failure path, then
+every output and everything the Prefect server stored is searched for them. Zero hits.
+
+The keys are of valid shapes (v1: 32 characters, v2: 64) and made of a marker (`v1SECRET`,
+`v2SECRET`, `v1WRONGKEY`, `v2WRONGKEY`) repeated, so that a key cut short still shows. Each is
+searched for raw (any case), as its marker, and base64-encoded at every byte alignment (Basic
+auth sends `key:` in base64).
+
+What is scanned (with `-s`, the bytes of each kind are printed):
+- stdout and stderr of every `cml-jobs` subprocess (start, start --wait, runs, stop, windows,
+  backfill with and without --follow, records; 401 with a wrong key, 500 on start, a lost
+  answer, a failing CML run);
+- the Python logging of the in-process flows (caplog, root at DEBUG so httpx and httpcore
+  speak too) and this process's stdout/stderr (capfd);
+- from the Prefect server the flows used: logs, artifacts, events, flow runs (parameters,
+  states and every state in their history), task runs (and every state), variables (the
+  window records), block documents (a `CMLCredentials` block: its keys read back as
+  `********`), deployments, concurrency limits; then the server's SQLite database and log,
+  and every file the "machines" and this process left in their Prefect homes and temp dirs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import PREFECT, PrefectServer, machine_env, spawn, stop_process
+
+from cml_tasks.emulator import Emulator, EmulatorConfig, Fault, UserConfig, default_config
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+CML_JOBS = str(Path(sys.executable).with_name("cml-jobs"))
+
+V1 = "v1SECRET" * 4
+V2 = "v2SECRET" * 8
+WRONG_V1 = "v1WRONGKEY" * 3 + "v1"
+WRONG_V2 = "v2WRONGKEY" * 6 + "v2v2"
+SECRETS = {"v1": V1, "v2": V2, "wrong v1": WRONG_V1, "wrong v2": WRONG_V2}
+MARKERS = ("v1SECRET", "v2SECRET", "v1WRONGKEY", "v2WRONGKEY")
+BLOCK = "secret-scan"
+MASK = "********"
+
+
+def _config() -> EmulatorConfig:
+    """The default world (jobs 208 ok, 209 failing, 211 long), alice with our keys, fast runs."""
+    base = default_config(time_scale=0.2).model_dump()
+    alice = UserConfig(
+        username="alice", name="Alice Example", email="alice@example.com", v1_key=V1, v2_key=V2
+    )
+    bob = base["users"][1]
+    return EmulatorConfig.model_validate({**base, "users": [alice.model_dump(), bob]})
+
+
+def _base64_forms(text: str) -> set[str]:
+    """`text` as it shows inside any base64 string, whatever bytes come before and after it:
+    the characters fully determined by its own bytes, at each of the three alignments."""
+    forms: set[str] = set()
+    for pad in range(3):
+        raw = b"\0" * pad + text.encode()
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(raw).decode().rstrip("=")
+            first = 4 if pad else 0  # the group holding the padding bytes is mixed
+            whole = (len(raw) // 3) * 4  # the last full group; after it the tail is mixed
+            forms.add(encoded[first:whole])
+    return {form for form in forms if len(form) >= 16}
+
+
+def _needles() -> dict[str, tuple[bytes, bool]]:
+    """Name -> (bytes, case-insensitive)."""
+    needles: dict[str, tuple[bytes, bool]] = {}
+    for name, key in SECRETS.items():
+        needles[name] = (key.lower().encode(), True)
+        for text in (key, f"{key}:"):
+            for i, form in enumerate(sorted(_base64_forms(text))):
+                needles[f"{name} base64 {text[-1] == ':' and 'with :' or ''} #{i}"] = (
+                    form.encode(),
+                    False,
+                )
+    for marker in MARKERS:
+        needles[f"marker {marker}"] = (marker.lower().encode(), True)
+        for i, form in enumerate(sorted(_base64_forms(marker * 2))):
+            needles[f"marker {marker} base64 #{i}"] = (form.encode(), False)
+    return needles
+
+
+class Scan:
+    """What was collected, by kind, and the search."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, list[tuple[str, bytes]]] = {}
+
+    def add(self, kind: str, where: str, data: bytes | str) -> None:
+        blob = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+        self.kinds.setdefault(kind, []).append((where, blob))
+
+    def hits(self) -> list[str]:
+        needles = _needles()
+        found: list[str] = []
+        for kind, items in self.kinds.items():
+            for where, blob in items:
+                lowered = blob.lower()
+                for name, (needle, any_case) in needles.items():
+                    at = (lowered if any_case else blob).find(needle)
+                    if at >= 0:
+                        context = blob[max(0, at - 80) : at + len(needle) + 80]
+                        found.append(f"{kind} / {where}: {name}: ...{context!r}...")
+        return found
+
+    def report(self) -> str:
+        lines = ["secret scan: bytes scanned by kind"]
+        for kind, items in self.kinds.items():
+            size = sum(len(blob) for _, blob in items)
+            lines.append(f"  {kind:<34} {size:>12,} bytes in {len(items)} item(s)")
+        total = sum(len(blob) for items in self.kinds.values() for _, blob in items)
+        lines.append(f"  {'total':<34} {total:>12,} bytes; needles: {len(_needles())}")
+        return "\n".join(lines)
+
+
+# --- running things -----------------------------------------------------------------------
+
+
+class Machine:
+    """`cml-jobs` on a "machine" of its own, pointed at the Prefect server; output collected."""
+
+    def __init__(self, server: PrefectServer, root: Path, scan: Scan) -> None:
+        self.server, self.root, self.scan = server, root, scan
+        self.count = 0
+
+    def run(self, code: int, *args: str, keys: dict[str, str] | None = None) -> str:
+        self.count += 1
+        name = f"cli{self.count}"
+        given = {"CML_API_KEY": V1, "CML_API_V2_KEY": V2} if keys is None else keys
+        env = machine_env(self.server, self.root, name, CML_TIMEOUT="5", **given)
+        done = subprocess.run(
+            [CML_JOBS, *args],
+            cwd=self.root / name / "work",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        shown = " ".join(a for a in args if not a.startswith("http"))
+        self.scan.add("cli stdout", shown, done.stdout)
+        self.scan.add("cli stderr", shown, done.stderr)
+        assert done.returncode == code, (
+            f"cml-jobs {shown}: {done.returncode}\n{done.stderr[-3000:]}"
+        )
+        return done.stdout
+
+
+def _flows(cml: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flows in this process: window runs (environment, block, failures) and backfills."""
+    from cml_tasks.prefect import tasks
+    from cml_tasks.prefect.backfill import cml_backfill
+    from cml_tasks.prefect.blocks import CMLCredentials
+    from cml_tasks.prefect.window_run import OUTCOME_UNKNOWN_STATE, cml_window_run
+
+    ok = cml.job_url("alice", "risk-analysis", "208")
+    failing = cml.job_url("alice", "risk-analysis", "209")
+    monkeypatch.setenv("CML_API_KEY", V1)
+    monkeypatch.setenv("CML_API_V2_KEY", V2)
+    tasks.shared_poller.cache_clear()
+
+    assert cml_window_run(job=ok, window_start=date(2015, 1, 1), return_state=True).is_completed()
+    CMLCredentials(api_key=V1, api_v2_key=V2).save(BLOCK, overwrite=True)
+    state = cml_window_run(
+        job=ok, window_start=date(2015, 2, 1), credentials_block=BLOCK, return_state=True
+    )
+    assert state.is_completed(), state.message
+
+    def backfill(job: str, start: date, end: date, **options: Any) -> Any:
+        return cml_backfill(
+            job=job, start=start, end=end, project_limit=0, return_state=True, **options
+        )
+
+    assert backfill(ok, date(2015, 3, 1), date(2015, 4, 30)).is_completed()
+    followed = backfill(ok, date(2015, 5, 1), date(2015, 6, 30), follow=True, poll_interval=0.2)
+    assert followed.is_completed(), followed.message
+    assert backfill(
+        failing, date(2015, 1, 1), date(2015, 1, 31), follow=True, poll_interval=0.2
+    ).is_failed()
+    assert backfill(ok, date(2015, 7, 1), date(2015, 7, 31), credentials_block=BLOCK).is_completed()
+
+    # Failures: outcome unknown without the v2 key (a 500 and a lost answer), a wrong key.
+    monkeypatch.delenv("CML_API_V2_KEY")
+    cml.inject(Fault(endpoint="v1.start", kind="500", times=1))
+    state = cml_window_run(job=ok, window_start=date(2015, 8, 1), return_state=True)
+    assert state.name == OUTCOME_UNKNOWN_STATE, state
+    cml.inject(Fault(endpoint="v1.start", kind="lost_answer", times=1))
+    assert backfill(ok, date(2015, 9, 1), date(2015, 9, 30)).is_failed()
+    cml.clear_faults()
+    monkeypatch.setenv("CML_API_KEY", WRONG_V1)
+    assert cml_window_run(job=ok, window_start=date(2015, 10, 1), return_state=True).is_failed()
+    assert backfill(ok, date(2015, 11, 1), date(2015, 11, 30)).is_failed()
+    tasks.shared_poller.cache_clear()
+
+
+def _commands(cml: Emulator, machine: Machine) -> None:
+    """Every command, then the failure paths, each on a fresh machine."""
+    ok = cml.job_url("alice", "risk-analysis", "208")
+    failing = cml.job_url("alice", "risk-analysis", "209")
+    long = cml.job_url("alice", "risk-analysis", "211")
+    run = machine.run
+    run(0, "start", ok, "-e", "START_DATE=2016-01-01")
+    run(0, "start", ok, "-e", "CASE=wait", "--wait", "--poll", "1s", "--json")
+    run(0, "runs", ok)
+    run(0, "runs", ok, "--json", "--status", "succeeded")
+    engine = json.loads(run(0, "start", long, "--json"))["engine_id"]
+    run(0, "stop", long, engine)
+    run(0, "windows", "--from", "2016-01-01", "--to", "2016-03-31", "--json")
+    dates = ["--from", "2016-02-01", "--to", "2016-03-31"]
+    run(0, "backfill", ok, *dates)
+    run(0, "backfill", ok, *dates, "--json")  # skipped: already started
+    run(0, "backfill", ok, "--from", "2016-04-01", "--to", "2016-05-31", "--follow", "--poll", "1s")
+    run(0, "records", ok)
+    run(0, "records", ok, "--json", "--from", "2016-01-01", "--to", "2016-12-31")
+    run(0, "records", ok, "--forget", "2016-02", "--yes")
+
+    # Failure paths.
+    v1_only = {"CML_API_KEY": V1}
+    run(3, "start", ok, keys={"CML_API_KEY": WRONG_V1})
+    run(3, "runs", ok, keys={"CML_API_KEY": V1, "CML_API_V2_KEY": WRONG_V2})
+    run(
+        1,
+        "backfill",
+        ok,
+        "--from",
+        "2016-06-01",
+        "--to",
+        "2016-06-30",
+        keys={"CML_API_KEY": WRONG_V1},
+    )
+    cml.inject(Fault(endpoint="v1.start", kind="500"))
+    run(7, "start", ok, "-e", "CASE=500")
+    run(7, "backfill", ok, "--from", "2016-07-01", "--to", "2016-07-31", keys=v1_only)
+    cml.clear_faults()
+    cml.inject(Fault(endpoint="v1.start", kind="lost_answer", times=1))
+    run(7, "start", ok, "-e", "CASE=lost")
+    cml.inject(Fault(endpoint="v1.start", kind="lost_answer", times=1))
+    run(0, "start", ok, "-e", "CASE=lost-adopted", "--wait", "--poll", "1s")
+    cml.inject(Fault(endpoint="v1.start", kind="lost_answer", times=1))
+    run(7, "backfill", ok, "--from", "2016-08-01", "--to", "2016-08-31", "--json", keys=v1_only)
+    cml.clear_faults()
+    run(10, "start", failing, "--wait", "--poll", "1s")
+    run(
+        1,
+        "backfill",
+        failing,
+        "--from",
+        "2016-01-01",
+        "--to",
+        "2016-01-31",
+        "--follow",
+        "--poll",
+        "1s",
+    )
+
+
+def _scale_out(cml: Emulator, server: PrefectServer, root: Path, scan: Scan) -> None:
+    """A scale-out backfill: deploy `monthly`, dispatch 2 windows, a worker runs them."""
+    from test_backfill_scale_out import DEPLOYMENT, MONTHLY, _wait_for_runs
+
+    from cml_tasks.prefect.backfill import cml_backfill
+
+    url = cml.job_url("alice", "risk-analysis", "208")
+    env = machine_env(
+        server,
+        root,
+        "worker",
+        CML_API_KEY=V1,
+        CML_API_V2_KEY=V2,
+        CML_JOB_URL=url,
+        PREFECT_WORKER_QUERY_SECONDS="1",
+    )
+    deploy = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", *MONTHLY],
+        cwd=REPOSITORY,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    scan.add("cli stdout", "prefect deploy", deploy.stdout)
+    scan.add("cli stderr", "prefect deploy", deploy.stderr)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    before = len(cml.runs())
+    with server.as_current_api():
+        state = cml_backfill(
+            job=url,
+            start=date(2014, 1, 1),
+            end=date(2014, 2, 28),
+            scale_out=True,
+            deployment=DEPLOYMENT,
+            return_state=True,
+        )
+    assert state.is_completed(), state.message
+    log = root / "worker.log"
+    worker = spawn([PREFECT, "worker", "start", "--pool", "cml-process"], env, log)
+    try:
+        _wait_for_runs(cml, before + 2, log)
+        time.sleep(2)  # the flow runs report their end
+    finally:
+        stop_process(worker)
+        scan.add("worker output", "prefect worker", log.read_bytes())
+
+
+# --- reading back what Prefect stored ------------------------------------------------------
+
+
+def _paged(http: httpx.Client, path: str, body: dict[str, Any] | None = None) -> list[bytes]:
+    """Every page of a `.../filter` listing (offset paging), as the raw bodies."""
+    pages: list[bytes] = []
+    offset = 0
+    while True:
+        answer = http.post(path, json={**(body or {}), "limit": 200, "offset": offset})
+        answer.raise_for_status()
+        items = answer.json()
+        pages.append(answer.content)
+        if len(items) < 200:
+            return pages
+        offset += 200
+
+
+def _read_back(server: PrefectServer, scan: Scan) -> dict[str, Any]:
+    """Everything the Prefect API shows, added to the scan; returns the block documents."""
+    with httpx.Client(base_url=server.api_url, timeout=60) as http:
+        for kind, path in (
+            ("api logs", "/logs/filter"),
+            ("api artifacts", "/artifacts/filter"),
+            ("api variables", "/variables/filter"),
+            ("api deployments", "/deployments/filter"),
+            ("api work pools", "/work_pools/filter"),
+        ):
+            for page in _paged(http, path):
+                scan.add(kind, path, page)
+        for page in _paged(http, "/v2/concurrency_limits/filter"):
+            scan.add("api concurrency limits", "/v2/concurrency_limits/filter", page)
+        blocks = http.post("/block_documents/filter", json={"include_secrets": False})
+        blocks.raise_for_status()
+        scan.add("api block documents", "/block_documents/filter", blocks.content)
+        for kind, path, states in (
+            ("api flow runs", "/flow_runs/filter", "/flow_run_states/?flow_run_id="),
+            ("api task runs", "/task_runs/filter", "/task_run_states/?task_run_id="),
+        ):
+            for page in _paged(http, path):
+                scan.add(kind, path, page)
+                for item in json.loads(page):
+                    history = http.get(states + item["id"])
+                    history.raise_for_status()
+                    scan.add(f"{kind}: state history", item["id"], history.content)
+        page = http.post("/events/filter", json={"limit": 50})
+        while True:
+            page.raise_for_status()
+            scan.add("api events", "/events/filter", page.content)
+            following = page.json().get("next_page")
+            if not following:
+                break
+            page = http.get(following)
+    return {"block_documents": blocks.json()}
+
+
+def _event_count(server: PrefectServer) -> int:
+    answer = httpx.post(f"{server.api_url}/events/filter", json={"limit": 1}, timeout=30)
+    return int(answer.json()["total"])
+
+
+def _flush_prefect_clients() -> None:
+    """Send this process's queued logs and events to the server now."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    EventsWorker.drain_all(timeout=30)
+
+
+def _files(scan: Scan, kind: str, root: Path) -> None:
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        scan.add(kind, str(path.relative_to(root)), path.read_bytes())
+
+
+# --- the test -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cml() -> Iterator[Emulator]:
+    with Emulator(_config()) as emulator:
+        yield emulator
+
+
+@pytest.mark.usefixtures("process_pool", "no_retry_waits")
+def test_no_key_in_any_output_or_stored_state(
+    prefect_server: PrefectServer,
+    cml: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import os
+
+    scan = Scan()
+    began = time.monotonic()
+    caplog.set_level(logging.DEBUG)
+    events_before = _event_count(prefect_server)
+    with prefect_server.as_current_api():
+        _flows(cml, monkeypatch)
+        _flush_prefect_clients()
+    scan.add("python logging (caplog)", "records", caplog.text)
+    for record in caplog.records:  # what a structured handler would ship: args, extras
+        scan.add("python logging (caplog)", record.name, repr(record.__dict__))
+    flows_done = time.monotonic()
+
+    _commands(cml, Machine(prefect_server, tmp_path, scan))
+    commands_done = time.monotonic()
+    _scale_out(cml, prefect_server, tmp_path, scan)
+    scale_out_done = time.monotonic()
+
+    out, err = capfd.readouterr()
+    scan.add("this process stdout/stderr", "capfd", out + err)
+
+    # The server persists events in batches (every 5 s): wait until the count settles.
+    deadline = time.monotonic() + 20
+    count = _event_count(prefect_server)
+    while time.monotonic() < deadline:
+        time.sleep(2.5)
+        now = _event_count(prefect_server)
+        if now == count and now > events_before:
+            break
+        count = now
+    stored = _read_back(prefect_server, scan)
+    _files(scan, "server home (database, log)", prefect_server.home)
+    _files(scan, "machines (homes, work, tmp)", tmp_path)
+    _files(scan, "this process's PREFECT_HOME", Path(os.environ["PREFECT_HOME"]))
+
+    blocks = [b for b in stored["block_documents"] if b.get("name") == BLOCK]
+    assert len(blocks) == 1, stored
+    assert blocks[0]["data"]["api_key"] == MASK
+    assert blocks[0]["data"]["api_v2_key"] == MASK
+    kinds = Counter(kind for kind, items in scan.kinds.items() for _ in items)
+    assert kinds["api events"] and kinds["api logs"] and kinds["api artifacts"]
+    assert kinds["api task runs"] and kinds["api variables"]
+
+    hits = scan.hits()
+    print()
+    print(scan.report())
+    print(
+        f"  timings: flows {flows_done - began:.1f} s, commands {commands_done - flows_done:.1f} s,"
+        f" scale-out {scale_out_done - commands_done:.1f} s,"
+        f" read back and scan {time.monotonic() - scale_out_done:.1f} s"
+    )
+    assert hits == [], "\n".join(hits[:20])
