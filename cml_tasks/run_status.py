@@ -29,6 +29,12 @@ class RunStatus(StrEnum):
         return self in _TERMINAL
 
     @property
+    def words(self) -> str:
+        """How a person says it: `succeeded`, `timed out`, `is running`... for sentences such
+        as "CML run 1kia is running" and "CML run 1kia succeeded"."""
+        return _WORDS.get(self, f"is {self.short}")
+
+    @property
     def short(self) -> str:
         """`ENGINE_RUNNING` -> `running`, the form `search_filter` and people use."""
         return self.value.removeprefix("ENGINE_").lower()
@@ -43,3 +49,12 @@ _TERMINAL = frozenset(
         RunStatus.SKIPPED,
     }
 )
+
+
+_WORDS = {
+    RunStatus.SUCCEEDED: "succeeded",
+    RunStatus.FAILED: "failed",
+    RunStatus.TIMEDOUT: "timed out",
+    RunStatus.STOPPED: "was stopped",
+    RunStatus.SKIPPED: "was skipped",
+}

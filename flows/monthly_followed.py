@@ -34,7 +34,7 @@ def monthly_followed(
     plan = plan_window_run(job, window_start=month, scheduled_for=scheduled)
     settings = resolve_settings(None)
     ref = plan.job.with_host(settings.host)
-    outcome: WindowOutcome = start_window(
+    state = start_window(
         job=ref,
         planned=plan.planned(ref),
         credentials=settings,
@@ -42,7 +42,9 @@ def monthly_followed(
         follow=True,
         poll_interval=poll_interval,
         max_wait=max_wait,
+        return_state=True,
     )
+    outcome: WindowOutcome = state.result()  # a failed run raises its CMLRunError
     return outcome
 
 

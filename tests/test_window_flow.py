@@ -249,11 +249,9 @@ def test_credentials_from_a_block(
     monkeypatch.delenv("CML_API_KEY")
     CMLCredentials(api_key=DEFAULT_V1_KEY).save("window-flow-test", overwrite=True)
     before = len(cml.runs())
-    cml_window_run(job=job_url, window_start=date(2017, 1, 1), credentials_block="window-flow-test")
+    credentials = CMLCredentials.load("window-flow-test")
+    cml_window_run(job=job_url, window_start=date(2017, 1, 1), credentials=credentials)
     assert [r["environment"] for r in cml.runs()[before:]] == [JANUARY]
-
-    with pytest.raises(CMLConfigError, match="No CMLCredentials block named 'missing'"):
-        cml_window_run(job=job_url, window_start=date(2017, 1, 1), credentials_block="missing")
 
 
 @pytest.mark.usefixtures("prefect_api")

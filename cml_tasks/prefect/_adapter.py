@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.blocks.core import Block
 from prefect.client.orchestration import SyncPrefectClient
 
 
@@ -36,3 +37,13 @@ def filter_variables(
     )
     page: list[dict[str, Any]] = response.json()
     return page
+
+
+def block_reference(block: Block) -> dict[str, Any]:
+    """A saved block as a flow-run parameter (`{"$ref": {"block_document_id": ...}}`, the form
+    deployments use): the worker loads it, no secret travels in the parameters. Internal:
+    the block's `_block_document_id`."""
+    document_id = block._block_document_id
+    if document_id is None:
+        raise ValueError("save the credentials block before passing it to scale-out runs")
+    return {"$ref": {"block_document_id": str(document_id)}}

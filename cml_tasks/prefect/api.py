@@ -28,3 +28,14 @@ def _client(api_url: str | None) -> SyncPrefectClient:
     client = get_client(sync_client=True)
     client.__enter__()  # one connection pool for the process's lifetime
     return client
+
+
+def tag_current_flow_run(tags: list[str]) -> None:
+    """Add `tags` to the running flow run (its job's tags are known only once it runs)."""
+    from prefect.runtime import flow_run
+
+    if flow_run.id is None:
+        return
+    client = prefect_api()
+    current = client.read_flow_run(flow_run.id)
+    client.update_flow_run(flow_run.id, tags=sorted({*current.tags, *tags}))

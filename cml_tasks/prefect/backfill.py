@@ -12,22 +12,25 @@ yet, and a killed backfill resumes where it stopped.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from typing import Any
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from prefect.artifacts import (
+    create_markdown_artifact,
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from cml_tasks.backfill import (
     KEY_PREFIX,
@@ -54,8 +57,10 @@ from cml_tasks.errors import (
     CMLWaitTimeout,
 )
 from cml_tasks.job import JobRef
-from cml_tasks.prefect.blocks import load_credentials
-from cml_tasks.prefect.naming import artifact_key, job_slug
+from cml_tasks.prefect._adapter import block_reference
+from cml_tasks.prefect.api import tag_current_flow_run
+from cml_tasks.prefect.blocks import CMLCredentials
+from cml_tasks.prefect.naming import artifact_key, job_slug, job_tags, short_reason
 from cml_tasks.prefect.project_limit import (
     DEFAULT_PROJECT_LIMIT,
     ensure_project_limit,
@@ -90,18 +95,27 @@ def _flow_run_name() -> str:
     return name + (" (dry run)" if p.get("dry_run") else "")
 
 
-def _table(report: BackfillReport) -> list[dict[str, str]]:
-    return [
-        {
-            "window": o.window,
-            "environment": " ".join(f"{k}={v}" for k, v in o.environment.items()),
-            "result": o.result,
-            "CML status": o.run_status or "",
-            "run id or error": o.error or o.engine_id or o.reason or "",
-            "CML": o.run_url or o.job_url,
-        }
-        for o in report.outcomes
+def _markdown(report: BackfillReport) -> str:
+    """The report as a markdown table: a status in words, a short reason, short links."""
+    lines = [
+        "| window | result | CML status | run or reason | links |",
+        "|---|---|---|---|---|",
     ]
+    for o in report.outcomes:
+        if o.engine_id and o.run_url:
+            run = f"[run {o.engine_id[:4]}…]({o.run_url})"
+        else:
+            run = _cell(o.reason or "")
+        if o.failed and o.reason and o.engine_id:
+            run += f" {_cell(o.reason)}"
+        result = o.result.replace("_", " ")
+        links = f"[job page]({o.job_url})"
+        lines.append(f"| {o.window} | {result} | {o.run_status or ''} | {run} | {links} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -> WindowOutcome:
@@ -118,6 +132,7 @@ def _failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -
         planned,
         result,
         error=f"{type(error).__name__}: {error}",
+        reason=short_reason(error),
         engine_id=run.id if run is not None else None,
         run_status=run.status.short if run is not None else None,
         run_url=run.page_url if run is not None else None,
@@ -153,13 +168,14 @@ def _run_in_process(
     for planned in plan.windows:
         while len(by_future) >= max_concurrency:
             collect(next(as_completed(list(by_future))))
-        future = start_window.submit(
-            job=plan.job,
-            planned=planned,
-            record=known.get(planned.key),
-            record_is_current=True,
-            **window_arguments,
-        )
+        with tags(*job_tags(plan.job)):
+            future = start_window.submit(
+                job=plan.job,
+                planned=quote(planned),  # no lineage: windows do not feed each other
+                record=quote(known.get(planned.key)),
+                record_is_current=True,
+                **window_arguments,
+            )
         by_future[future] = planned
     for future in as_completed(list(by_future)):
         collect(future)
@@ -254,7 +270,7 @@ def cml_backfill(
     follow: bool = False,
     poll_interval: float = 30.0,
     max_wait: float | None = None,
-    credentials_block: str | None = None,
+    credentials: CMLCredentials | None = None,
     project_limit: int = DEFAULT_PROJECT_LIMIT,
     scale_out: bool = False,
     deployment: str = "cml-window-run/monthly",
@@ -277,7 +293,7 @@ def cml_backfill(
             holding its concurrency slots meanwhile; windows end `succeeded` or `run_failed`.
         poll_interval: Seconds between polls when following (shared by all windows).
         max_wait: With `follow`, stop a run (and fail its window) after this many seconds.
-        credentials_block: Name of a saved CMLCredentials block; default: `CML_*` variables.
+        credentials: A saved CML Credentials block; default: the `CML_*` variables.
         project_limit: Size of the project's global concurrency limit
             (`cml-project:<user>:<project>`) if this backfill has to create it; 0 uses no
             project limit (only `max_concurrency` bounds this backfill).
@@ -292,10 +308,11 @@ def cml_backfill(
         scale_out=scale_out,
         poll_interval=poll_interval,
     )
-    settings = resolve_settings(load_credentials(credentials_block))
+    settings = resolve_settings(credentials)
     if follow and not dry_run:
         settings.require("api_v2_key")
     plan = plan_backfill(JobRef.parse(job).with_host(settings.host), start, end, options, order)
+    tag_current_flow_run(job_tags(plan.job))
     logger.info(
         "Backfill of %s: %d windows (%s), reprocess=%s%s",
         plan.job.slug,
@@ -318,7 +335,7 @@ def cml_backfill(
         parameters = {
             "job": plan.job.page_url,
             "options": options.model_dump(),
-            "credentials_block": credentials_block,
+            "credentials": None if credentials is None else block_reference(credentials),
         }
         outcomes = _collect(
             plan,
@@ -358,16 +375,26 @@ def _collect(
     date; the outcomes in plan order."""
     total = len(plan.windows)
     progress: UUID = create_progress_artifact(  # type: ignore[assignment]
-        progress=0.0, description=f"Backfill of {plan.job.slug}: windows done of {total}"
+        progress=0.0,
+        key=artifact_key("backfill-progress", plan.job),
+        description=f"0 of {total} windows",
     )
     key_of = {p.label: p.key for p in plan.windows}
     outcomes: dict[str, WindowOutcome] = {}
+    counts: Counter[str] = Counter()
 
     def on_done(outcome: WindowOutcome) -> None:
         outcomes[key_of[outcome.window]] = outcome
-        update_progress_artifact(artifact_id=progress, progress=100.0 * len(outcomes) / total)
+        counts["failed" if outcome.failed else outcome.result.replace("_", " ")] += 1
+        done = len(outcomes)
+        told = ", ".join(f"{n} {what}" for what, n in counts.most_common())
+        update_progress_artifact(
+            artifact_id=progress,
+            progress=100.0 * done / total,
+            description=f"{done} of {total} windows: {told}",
+        )
         for observer in _observers:
-            observer(outcome, len(outcomes), total)
+            observer(outcome, done, total)
 
     run(on_done)
     return [outcomes[p.key] for p in plan.windows]
@@ -376,18 +403,22 @@ def _collect(
 def _report(
     plan: BackfillPlan, outcomes: list[WindowOutcome], *, dry_run: bool, note: str
 ) -> BackfillReport:
-    """The report, as a table artifact and a log line; raises `BackfillFailed` if a window
-    failed."""
+    """The report, as a markdown artifact and a log line; a Failed state (one line, no
+    traceback) listing the failed windows, if any."""
     report = BackfillReport(job_url=plan.job.page_url, outcomes=outcomes, dry_run=dry_run)
-    create_table_artifact(
-        key=artifact_key("backfill", plan.job),
-        table=_table(report),
-        description=f"Backfill of {plan.job.slug}: {report.summary()}"
-        + (f". {note}." if note else ""),
+    first, last = plan.windows[0].window, plan.windows[-1].window
+    span = f"{min(first.start, last.start)}-{max(first.last_day, last.last_day)}"
+    create_markdown_artifact(
+        key=f"{artifact_key('backfill', plan.job)}-{span}",
+        markdown=f"### Backfill of {plan.job.slug}: {report.summary()}\n\n"
+        + (f"**Note**: {note}.\n\n" if note else "")
+        + _markdown(report),
+        description=f"Backfill of {plan.job.slug}: {report.summary()}",
     )
     get_run_logger().info("%s", report.summary())
     if report.failures:
-        raise BackfillFailed(
+        failed = BackfillFailed(
             f"{len(report.failures)} of {len(outcomes)} windows failed:\n{report.failure_text()}"
         )
+        return Failed(message=str(failed), data=failed)  # type: ignore[return-value]
     return report

@@ -5,7 +5,6 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from cml_tasks.errors import CMLConfigError
 from cml_tasks.settings import MAX_TIMEOUT, CMLSettings
 
 LOGO_URL = "https://upload.wikimedia.org/wikipedia/commons/5/5a/Cloudera_logo.svg"
@@ -104,18 +103,3 @@ class CMLCredentials(Block):
             timeout=self.timeout,
             allow_insecure_http=self.allow_insecure_http,
         )
-
-
-def load_credentials(name: str | None) -> CMLCredentials | None:
-    """The saved block named `name`, or None to read the `CML_*` environment."""
-    if name is None:
-        return None
-    try:
-        block = CMLCredentials.load(name)
-    except ValueError:
-        raise CMLConfigError(
-            f"No CMLCredentials block named {name!r}: create it in the Prefect UI "
-            f"(Blocks > CML Credentials) or with CMLCredentials(...).save({name!r})"
-        ) from None
-    assert isinstance(block, CMLCredentials)
-    return block

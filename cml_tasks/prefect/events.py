@@ -1,13 +1,26 @@
-"""Prefect events for followed CML runs, so automations can react (e.g. notify on failure).
+"""Prefect events for CML runs and windows, so automations can react (e.g. notify on failure).
 
-Names: `cml.run.started`, then one of `cml.run.succeeded`, `cml.run.failed` (FAILED and
-TIMEDOUT; the `cml.run.status` label tells them apart), `cml.run.stopped`, `cml.run.skipped`.
-The resource is the run (`cml.run.<run id>`); the job is a related resource (role `cml-job`).
-Inside a task or flow run Prefect adds that run as related resources too.
+Runs: `cml.run.started` (every start, v1 or v2, and every adoption), then for followed runs
+one of `cml.run.succeeded`, `cml.run.failed` (FAILED and TIMEDOUT; the `cml.run.status` label
+tells them apart), `cml.run.stopped`, `cml.run.skipped`. The resource is the run
+(`cml.run.<run id>`, named `risk-analysis/208 2017-01 run <id>`, with labels `cml.run.url`,
+`cml.run.status` and, for a window, `cml.window`).
+
+Windows whose start did not give a run: `cml.window.start-failed` (nothing started) and
+`cml.window.outcome-unknown` (a run may exist), with the window as resource
+(`cml.window.<user>/<project>/<job id>/<label>`) and the reason as a label.
+
+Every event has the job (role `cml-job`, `cml.job.<user>/<project>/<job id>`) and the project
+(role `cml-project`, `cml.project.<user>/<project>`) as related resources, so an automation
+can match one job or one project. Inside a task or flow run Prefect adds that run too.
+No secrets: ids, names, URLs, environments.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun
 from cml_tasks.run_status import RunStatus
 
@@ -25,26 +38,63 @@ def event_name(run: JobRun) -> str:
     return _TERMINAL_EVENTS.get(run.status, "cml.run.started")
 
 
-def emit_run_event(run: JobRun) -> None:
-    """Emit the event for the run's current status (no secrets: ids, names, URLs only)."""
+def related(job: JobRef) -> list[dict[str, str]]:
+    """The job and its project, as related resources of an event."""
+    return [
+        {
+            "prefect.resource.id": f"cml.job.{job.username}/{job.project}/{job.job_id}",
+            "prefect.resource.role": "cml-job",
+            "prefect.resource.name": job.slug,
+            "cml.job.url": job.page_url,
+        },
+        {
+            "prefect.resource.id": f"cml.project.{job.username}/{job.project}",
+            "prefect.resource.role": "cml-project",
+            "prefect.resource.name": f"{job.username}/{job.project}",
+        },
+    ]
+
+
+def emit_run_event(run: JobRun, window: str | None = None) -> None:
+    """Emit the event for the run's current status."""
+    label = f"{run.job.slug} {window}" if window else run.job.slug
+    resource = {
+        "prefect.resource.id": f"cml.run.{run.id}",
+        "prefect.resource.name": f"{label} run {run.id}",
+        "cml.run.status": run.status.short,
+        "cml.run.url": run.page_url,
+    }
+    if window:
+        resource["cml.window"] = window
+    _emit(event_name(run), resource, run.job, {"environment": run.environment})
+
+
+def emit_started(job: JobRef, window: str, run_id: str, run_url: str, how: str) -> None:
+    """`cml.run.started` for a window's run known only by its id (a v1 start, an adoption)."""
+    resource = {
+        "prefect.resource.id": f"cml.run.{run_id}",
+        "prefect.resource.name": f"{job.slug} {window} run {run_id}",
+        "cml.run.status": "started",
+        "cml.run.url": run_url,
+        "cml.window": window,
+        "cml.start": how,
+    }
+    _emit("cml.run.started", resource, job, {})
+
+
+def emit_window_failed(job: JobRef, window: str, *, unknown: bool, reason: str) -> None:
+    """`cml.window.start-failed` or `cml.window.outcome-unknown` for a window without a run."""
+    resource = {
+        "prefect.resource.id": f"cml.window.{job.username}/{job.project}/{job.job_id}/{window}",
+        "prefect.resource.name": f"{job.slug} {window}",
+        "cml.window": window,
+        "cml.reason": reason,
+    }
+    name = "cml.window.outcome-unknown" if unknown else "cml.window.start-failed"
+    _emit(name, resource, job, {})
+
+
+def _emit(name: str, resource: dict[str, str], job: JobRef, payload: dict[str, Any]) -> None:
     from prefect.events import emit_event
 
-    job = run.job
-    emit_event(
-        event=event_name(run),
-        resource={
-            "prefect.resource.id": f"cml.run.{run.id}",
-            "prefect.resource.name": f"{job.slug} run {run.id}",
-            "cml.run.status": run.status.short,
-            "cml.run.url": run.page_url,
-        },
-        related=[
-            {
-                "prefect.resource.id": f"cml.job.{job.username}/{job.project}/{job.job_id}",
-                "prefect.resource.role": "cml-job",
-                "prefect.resource.name": job.slug,
-                "cml.job.url": job.page_url,
-            }
-        ],
-        payload={"environment": run.environment, "arguments": run.arguments},
-    )
+    emit_event(event=name, resource=resource, related=related(job), payload=payload)

@@ -1,11 +1,19 @@
-"""Names and keys the Prefect UI shows: run names and artifact keys, readable and stable."""
+"""Names, keys and short texts the Prefect UI shows: run names, artifact keys, tags, the
+short reason of a failure."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 
-from cml_tasks.errors import CMLInputError
+from cml_tasks.errors import (
+    CMLError,
+    CMLHTTPError,
+    CMLInputError,
+    CMLOutcomeUnknown,
+    CMLRunError,
+    CMLWaitTimeout,
+)
 from cml_tasks.job import JobRef
 
 
@@ -30,3 +38,32 @@ def artifact_key(kind: str, job: JobRef) -> str:
     as versions of one (keys allow lower-case letters, digits and dashes only)."""
     slug = re.sub(r"[^a-z0-9]+", "-", f"{job.project}-{job.job_id}".lower()).strip("-")
     return f"cml-{kind}-{slug}"
+
+
+def job_tags(job: JobRef) -> list[str]:
+    """`cml`, `cml-project:risk-analysis`, `cml-job:risk-analysis/208`: filters for the UI's
+    lists of flow and task runs."""
+    return ["cml", f"cml-project:{job.project}", f"cml-job:{job.project}/{job.job_id}"]
+
+
+def short_reason(error: BaseException) -> str:
+    """What went wrong in a few words, for a table cell or a state message: the CML status,
+    the HTTP status and CML's message, or the first clause of the error (no URLs)."""
+    if isinstance(error, CMLRunError):
+        return f"CML run {error.run.status.words}"
+    if isinstance(error, CMLWaitTimeout):
+        stopped = ": stopped it" if error.stopped else ""
+        return f"still {error.run.status.words} at the maximum wait{stopped}"
+    if isinstance(error, CMLHTTPError):
+        said = f": {error.server_message}" if error.server_message else ""
+        return _cut(f"HTTP {error.status_code}{said}")
+    text = str(error)
+    if isinstance(error, CMLError) and error.job_url:
+        text = text.replace(f" (job: {error.job_url})", "")
+    text = re.sub(r"\s*\(?https?://\S+\)?", "", text.splitlines()[0] if text else "")
+    prefix = "outcome unknown: " if isinstance(error, CMLOutcomeUnknown) else ""
+    return _cut(prefix + text.removeprefix(prefix))
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

@@ -97,14 +97,14 @@ def _follow_run_name(parameters: dict[str, Any]) -> str:
     return f"follow {job_slug(parameters['job'])} run {parameters['run_id']}"
 
 
-def log_started(run: JobRun) -> None:
+def log_started(run: JobRun, window: str | None = None) -> None:
     """Log the run's page URL as soon as it exists, and emit its `cml.run.started` event."""
     get_run_logger().info("Started CML run %s of %s: %s", run.id, run.job.slug, run.page_url)
-    emit_run_event(run)
+    emit_run_event(run, window)
 
 
 def _log_change(run: JobRun) -> None:
-    get_run_logger().info("CML run %s is now %s: %s", run.id, run.status.short, run.page_url)
+    get_run_logger().info("CML run %s %s: %s", run.id, run.status.words, run.page_url)
 
 
 @task(name="run-cml-job", task_run_name=_run_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -23,8 +23,9 @@ from prefect.states import Failed
 from cml_tasks.backfill import WindowOutcome, WindowResult
 from cml_tasks.errors import CMLError, CMLOutcomeUnknown
 from cml_tasks.models import StartedRun
-from cml_tasks.prefect.blocks import load_credentials
-from cml_tasks.prefect.naming import artifact_key, job_slug
+from cml_tasks.prefect.api import tag_current_flow_run
+from cml_tasks.prefect.blocks import CMLCredentials
+from cml_tasks.prefect.naming import artifact_key, job_slug, job_tags, short_reason
 from cml_tasks.prefect.project_limit import ensure_project_limit
 from cml_tasks.prefect.records import NOT_SHARED, window_records
 from cml_tasks.prefect.tasks import resolve_settings
@@ -66,17 +67,17 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _artifact_markdown(plan: WindowPlan, run: StartedRun, outcome: WindowOutcome) -> str:
+def _artifact_markdown(
+    plan: WindowPlan,
+    outcome: str,
+    run: StartedRun | None,
+    job_url: str,
+    environment: dict[str, str],
+) -> str:
     window = plan.window
-    started = outcome.result is not WindowResult.SKIPPED
     rows = [
-        (
-            "Outcome",
-            f"started ({outcome.reason or 'not started yet'})"
-            if started
-            else f"**nothing started**: {outcome.reason}",
-        ),
-        ("Job", f"[{run.job.path}]({run.job_url})"),
+        ("Outcome", outcome),
+        ("Job", f"[job page]({job_url})"),
         ("Window", f"{window.start.isoformat()} .. {window.last_day.isoformat()} ({window})"),
         ("Cadence", str(plan.cadence)),
         (
@@ -85,13 +86,14 @@ def _artifact_markdown(plan: WindowPlan, run: StartedRun, outcome: WindowOutcome
             if plan.scheduled_for
             else "explicit window parameters",
         ),
-        ("Engine id", f"`{run.engine_id}`"),
     ]
+    if run is not None:
+        rows.append(("Run", f"[run {run.engine_id[:4]}…]({job_url}/runs/{run.engine_id})"))
+        rows.append(("Engine id", f"`{run.engine_id}`"))
     lines = [f"### {plan.run_name}", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
-    sent = "Environment sent:" if started else "Environment the window's run was sent:"
-    lines += ["", sent, "", "| Variable | Value |", "|---|---|"]
-    lines += [f"| `{name}` | `{_cell(value)}` |" for name, value in run.environment.items()]
+    lines += ["", "Environment of the window:", "", "| Variable | Value |", "|---|---|"]
+    lines += [f"| `{name}` | `{_cell(value)}` |" for name, value in environment.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -102,7 +104,7 @@ def cml_window_run(
     lag: int = 1,
     window_start: date | None = None,
     window_end: date | None = None,
-    credentials_block: str | None = None,
+    credentials: CMLCredentials | None = None,
 ) -> StartedRun:
     """Start a CML job for one date window and leave an artifact describing what was sent.
 
@@ -115,7 +117,7 @@ def cml_window_run(
             start a window of the cadence.
         window_end: The explicit window's LAST day (inclusive, whatever `inclusive_end`
             renders); optional, but if given it must end that same window.
-        credentials_block: Name of a saved CMLCredentials block; default: `CML_*` variables.
+        credentials: A saved CML Credentials block; default: the `CML_*` variables.
     """
     plan = plan_window_run(
         job,
@@ -134,31 +136,46 @@ def cml_window_run(
             plan.cadence,
             lag,
         )
-    settings = resolve_settings(load_credentials(credentials_block))
+    settings = resolve_settings(credentials)
     job_ref = plan.job.with_host(settings.host)
+    tag_current_flow_run(job_tags(job_ref))
     planned = plan.planned(job_ref)
-    try:
-        outcome: WindowOutcome = start_window(
-            job=job_ref,
-            planned=planned,
-            credentials=settings,
-            project_limit=ensure_project_limit(job_ref),
-        )
-    except CMLOutcomeUnknown as unknown:
-        return Failed(  # type: ignore[return-value]
-            name=OUTCOME_UNKNOWN_STATE, message=str(unknown), data=unknown
-        )
-    skipped = outcome.result is WindowResult.SKIPPED
-    if skipped:
-        logger.warning("Nothing started for %s: %s", plan.run_name, outcome.reason)
     records = window_records()
-    if not records.shared_api:
+    note = "" if records.shared_api else f"\n**Note**: {NOT_SHARED}.\n"
+    if note:
         logger.warning("%s", NOT_SHARED)
-    record = records.read(planned.key)
-    if record is None or record.engine_id is None:  # e.g. another start failed meanwhile
-        raise CMLError(
-            f"{plan.run_name}: nothing started ({outcome.reason}), and no run is recorded",
-            job_url=job_ref.page_url,
+
+    def artifact(outcome: str, run: StartedRun | None, description: str) -> None:
+        create_markdown_artifact(
+            key=artifact_key("window", plan.job),
+            markdown=_artifact_markdown(plan, outcome, run, job_ref.page_url, planned.environment)
+            + note,
+            description=f"{plan.run_name}: {description}",
+        )
+
+    try:
+        with tags(*job_tags(job_ref)):
+            state = start_window.with_options(task_run_name=f"start {plan.run_name}")(
+                job=job_ref,
+                planned=planned,
+                credentials=settings,
+                project_limit=ensure_project_limit(job_ref),
+                return_state=True,
+            )
+        outcome: WindowOutcome = state.result()  # raises the start's CMLError
+        record = records.read(planned.key)
+        if record is None or record.engine_id is None:  # e.g. another start failed meanwhile
+            raise CMLError(
+                f"{plan.run_name}: nothing started ({outcome.reason}), and no run is recorded",
+                job_url=job_ref.page_url,
+            )
+    except CMLError as error:
+        reason = short_reason(error)
+        unknown = isinstance(error, CMLOutcomeUnknown)
+        artifact(f"**{'outcome unknown' if unknown else 'start failed'}**: {reason}", None, reason)
+        name = OUTCOME_UNKNOWN_STATE if unknown else "Failed"
+        return Failed(  # type: ignore[return-value]
+            name=name, message=f"{plan.run_name}: {reason}", data=error
         )
     run = StartedRun(
         engine_id=record.engine_id,
@@ -166,11 +183,9 @@ def cml_window_run(
         environment=record.environment,
         requested_at=record.attempted_at or record.updated_at,
     )
-    create_markdown_artifact(
-        key=artifact_key("window", plan.job),
-        markdown=_artifact_markdown(plan, run, outcome)
-        + ("" if records.shared_api else f"\n**Note**: {NOT_SHARED}.\n"),
-        description=f"CML run for {plan.run_name}"
-        + (" (already started: nothing started)" if skipped else ""),
-    )
+    if outcome.result is WindowResult.SKIPPED:
+        logger.warning("Nothing started for %s: %s", plan.run_name, outcome.reason)
+        artifact(f"**nothing started**: {outcome.reason}", run, "already started, nothing started")
+    else:
+        artifact(f"started run {run.engine_id}", run, f"started run {run.engine_id}")
     return run

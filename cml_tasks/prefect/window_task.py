@@ -12,6 +12,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from cml_tasks._shared import shared
 from cml_tasks.backfill import (
@@ -22,11 +23,18 @@ from cml_tasks.backfill import (
     WindowResult,
     WindowStatus,
 )
-from cml_tasks.errors import CMLRunError, CMLWaitCancelled, CMLWaitTimeout
+from cml_tasks.errors import (
+    CMLError,
+    CMLOutcomeUnknown,
+    CMLRunError,
+    CMLWaitCancelled,
+    CMLWaitTimeout,
+)
 from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun
 from cml_tasks.prefect.blocks import CMLCredentials
-from cml_tasks.prefect.events import emit_run_event
+from cml_tasks.prefect.events import emit_run_event, emit_started, emit_window_failed
+from cml_tasks.prefect.naming import short_reason
 from cml_tasks.prefect.project_limit import project_slot
 from cml_tasks.prefect.records import window_records
 from cml_tasks.prefect.tasks import follow_to_end, log_started, resolve_settings, shared_client
@@ -67,16 +75,17 @@ def start_window(
 ) -> WindowOutcome:
     """Start the job for one window unless its record says not to; record what happened.
 
-    Raises the start's `CMLError` when it failed (recorded `start_failed`, retried by the next
-    `missing` backfill) and `CMLOutcomeUnknown` when a run may exist and CML cannot be asked
-    (no API v2 key, or v2 unreachable): never retried blindly.
+    Ends Failed (a short reason, no traceback: these are CML's outcomes, not bugs) when the
+    start failed (recorded `start_failed`, retried by the next `missing` backfill) or when a
+    run may exist and CML cannot be asked (`CMLOutcomeUnknown`: no API v2 key, or v2
+    unreachable; never retried blindly). The state's data is the `CMLError`.
 
     `record`, with `record_is_current=True`, is the window's record as just read (None: it
     has none), so the task need not read it again.
 
     `project_limit` names a global concurrency limit held while the start is in flight and,
     with `follow=True`, until the CML run ends. Followed windows end `succeeded` (returned) or
-    `run_failed` (recorded, and the run's `CMLRunError`/`CMLWaitTimeout` raised).
+    `run_failed` (recorded, and Failed with the run's `CMLRunError`/`CMLWaitTimeout`).
     """
     settings = resolve_settings(credentials)
     can_reconcile = settings.api_v2_key is not None
@@ -92,15 +101,34 @@ def start_window(
         seen=record,
         seen_is_current=record_is_current,
     )
-    done = window.check()
-    if done is not None:
-        return done
-    with project_slot(project_limit, window.log, f"{job.slug} {planned.label}"):
-        started = window.start(shared_client(settings))
-        if isinstance(started, WindowOutcome):
-            return started
-        log_started(started)
-        return _follow(window, started, settings, poll_interval, max_wait)
+    try:
+        done = window.check()
+        if done is not None:
+            return done
+        with project_slot(project_limit, window.log, f"{job.slug} {planned.label}"):
+            started = window.start(shared_client(settings))
+            if isinstance(started, WindowOutcome):
+                if started.result is WindowResult.STARTED and started.engine_id:
+                    how = "adopted" if "adopted run" in (started.reason or "") else "started"
+                    emit_started(job, planned.label, started.engine_id, started.run_url or "", how)
+                return started
+            log_started(started, planned.label)
+            return _follow(window, started, settings, poll_interval, max_wait)
+    except (CMLRunError, CMLWaitTimeout, CMLWaitCancelled) as error:
+        return _failed(planned, error)  # the run's own event was emitted
+    except CMLError as error:
+        unknown = isinstance(error, CMLOutcomeUnknown)
+        emit_window_failed(job, planned.label, unknown=unknown, reason=short_reason(error))
+        return _failed(planned, error)
+
+
+def _failed(planned: PlannedWindow, error: CMLError) -> WindowOutcome:
+    """A Failed state with a short reason (a state is what the task returns; Prefect then
+    logs one line, not a traceback)."""
+    state: WindowOutcome = Failed(  # type: ignore[assignment]
+        message=f"{planned.label}: {short_reason(error)}", data=error
+    )
+    return state
 
 
 def _follow(
@@ -127,7 +155,7 @@ def _follow(
     except CMLWaitCancelled as error:
         window.finish(WindowStatus.RUN_FAILED, error=str(error), run_status="stopped", **fields)
         raise
-    emit_run_event(done)
+    emit_run_event(done, window.planned.label)
     status = done.status.short
     if done.status is RunStatus.SUCCEEDED:
         window.finish(WindowStatus.SUCCEEDED, run_status=status, **fields)
