@@ -17,8 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="cml-prefect-tests-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
@@ -150,18 +154,22 @@ def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 
 @contextmanager
 def running_prefect_server(
-    home: Path, startup_timeout: float = 90, **server_env: str
+    home: Path, startup_timeout: float = 90, *, ui: bool = False, **server_env: str
 ) -> Iterator[PrefectServer]:
     """`prefect server start` on a free port with its own PREFECT_HOME `home` (its log is
-    `home/server.log`), UI and analytics off, `server_env` added to its environment (e.g. a
-    database URL); yields once `/api/health` answers, stops the server on exit."""
+    `home/server.log`), analytics off, the UI off unless `ui` (then served at the server's
+    root, talking to this server's API), `server_env` added to its environment (e.g. a
+    database URL; it may override those defaults); yields once `/api/health` answers, stops
+    the server on exit."""
     import httpx
 
     port = free_port()
     server = PrefectServer(api_url=f"http://127.0.0.1:{port}/api", home=home)
-    env = server.env(
-        PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false", **server_env
-    )
+    defaults = {"PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if ui:
+        # The UI asks the API at PREFECT_UI_API_URL, by default port 4200 whatever --port says.
+        defaults |= {"PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": server.api_url}
+    env = server.env(**(defaults | server_env))
     env.pop("PREFECT_API_URL")
     log = home / "server.log"
     command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
@@ -190,6 +198,56 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     """`prefect server start` on a free port, shared by the session; up in ~15 s."""
     with running_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """`prefect server start` with the UI enabled, for browser tests: the UI at the server's
+    root (`ui_root(server)`), the API under `/api`. Its own server, so that what the browser
+    shows is only what the browser tests made."""
+    home = tmp_path_factory.mktemp("prefect-ui-server-home")
+    with running_prefect_server(home, ui=True) as server:
+        yield server
+
+
+def ui_root(server: PrefectServer) -> str:
+    """The root URL of a server's UI: `http://127.0.0.1:PORT`."""
+    return server.api_url.removesuffix("/api")
+
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium (`.ci/run` installs it): Playwright cannot download its own browsers."""
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """A headless Chromium driven by Playwright, shared by the session (a
+    `playwright.sync_api.Browser`)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"Chromium is not installed (no {CHROMIUM}): the browser tests drive the Prefect UI "
+            "in it. .ci/run installs it; by hand: apt-get update -qq && "
+            "apt-get install -y -qq chromium"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 @pytest.fixture(scope="session")
