@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint
+.PHONY: demo ui test lint
 
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,6 +14,9 @@ $(INSTALLED): pyproject.toml
 
 demo: $(INSTALLED)
 	$(BIN)/cml-jobs demo
+
+ui: $(INSTALLED)
+	$(BIN)/cml-jobs demo --ui
 
 test: $(INSTALLED)
 	$(BIN)/pytest

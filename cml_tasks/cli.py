@@ -592,18 +592,16 @@ def emulator(
 
 
 @app.command()
-def demo() -> None:
-    """Start Alice's job 208 for January 2017 on a built-in emulator, as Cloudera's docs do."""
-    from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
-    from cml_tasks.settings import CMLSettings
+def demo(
+    ui: Annotated[
+        bool, typer.Option("--ui", help="Keep the emulator and Prefect up, for the Prefect UI.")
+    ] = False,
+) -> None:
+    """Backfill a year of months and run a scheduled window, in Prefect, on a built-in CML
+    emulator and a temporary Prefect server (nothing to set up)."""
+    from cml_tasks.demo import run_demo
 
-    with Emulator() as cml:
-        url = cml.job_url("alice", "risk-analysis", "208")
-        assignments = ["START_DATE=2017-01-01", "END_DATE=2017-01-31"]
-        typer.echo(f"CML emulator running at {cml.url} (user alice, her documented API key)")
-        typer.echo(f"$ cml-jobs start {url} " + " ".join(f"-e {a}" for a in assignments))
-        demo_settings = CMLSettings.load(host=None, api_key=DEFAULT_V1_KEY)
-        start_and_report(url, assignments, as_json=False, settings=demo_settings)
+    run_demo(ui=ui)
 
 
 def main(argv: list[str] | None = None) -> Any:

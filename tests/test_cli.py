@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,11 +110,16 @@ def test_bad_input_sends_nothing(cml: Emulator) -> None:
     assert cml.requests() == []
 
 
-def test_demo() -> None:
+def test_demo_backfills_a_year_and_starts_nothing_twice() -> None:
+    began = time.monotonic()
     result = run("demo", key=None)
     assert result.returncode == 0, result.stderr
-    assert re.search(r"engine id [a-z0-9]{16}", result.stdout)
+    assert time.monotonic() - began < 60
+    assert "12 windows: 12 started" in result.stdout
     assert "START_DATE=2017-01-01 END_DATE=2017-01-31" in result.stdout
+    assert "START_DATE=2017-12-01 END_DATE=2017-12-31" in result.stdout
+    assert re.search(r"nothing started: January already has run [a-z0-9]{16}", result.stdout)
+    assert "CML was asked for 12 runs" in result.stdout
 
 
 def test_emulator_config_file(tmp_path: Path) -> None:

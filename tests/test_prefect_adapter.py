@@ -35,3 +35,12 @@ def test_variables_are_filtered_by_tag_and_paged() -> None:
         rest = _adapter.filter_variables(client, tag=tag, offset=3, limit=3)
     values = sorted(item["value"]["i"] for item in first + rest)
     assert (len(first), len(rest), values) == (3, 2, [0, 1, 2, 3, 4])
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_queued_logs_and_events_are_flushed() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    assert callable(APILogWorker.drain_all) and callable(EventsWorker.drain_all)
+    _adapter.flush_to_api(timeout=5)

@@ -47,3 +47,14 @@ def block_reference(block: Block) -> dict[str, Any]:
     if document_id is None:
         raise ValueError("save the credentials block before passing it to scale-out runs")
     return {"$ref": {"block_document_id": str(document_id)}}
+
+
+def flush_to_api(timeout: float = 10.0) -> None:
+    """Send the logs and events still queued in this process, before its Prefect server
+    goes away (else their workers retry against a closed port for a minute at exit).
+    Internal: the workers' `drain_all` (Prefect's `QueueService`)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)

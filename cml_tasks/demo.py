@@ -1,0 +1,133 @@
+"""`cml-jobs demo`: the main job - a year of monthly windows backfilled and a scheduled window
+run, watched in Prefect - on the built-in CML emulator and a temporary Prefect server.
+
+Nothing to set up: the emulator answers as CML (user alice, her documented key, job 208),
+`prefect server start` runs on a free port with a temporary PREFECT_HOME. January is started
+twice on purpose (by the backfill, then by the run its schedule makes on 1 February) to show
+that the second start starts nothing. With `ui=True` both servers stay up for the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import typer
+
+STARTUP_SECONDS = 90.0
+
+
+def run_demo(*, ui: bool) -> None:
+    """Backfill 2017 month by month, run the schedule's window for January, print both."""
+    from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
+
+    os.environ["CML_API_KEY"] = DEFAULT_V1_KEY
+    os.environ.pop("CML_HOST", None)
+    with Emulator() as cml, _prefect_server(ui=ui) as api_url:
+        url = cml.job_url("alice", "risk-analysis", "208")
+        typer.echo(f"CML emulator at {cml.url} (user alice, her documented API key)")
+        typer.echo(f"Prefect server at {api_url.removesuffix('/api')} (temporary)\n")
+        _backfill(url)
+        _scheduled_january(url)
+        typer.echo(f"\nCML was asked for {len(cml.runs())} runs: one per month of 2017.")
+        if ui:
+            typer.echo(f"\nThe Prefect UI: {api_url.removesuffix('/api')}/runs  (Ctrl-C to stop)")
+            _wait_for_interrupt()
+
+
+def _backfill(url: str) -> None:
+    from cml_tasks.backfill_cli import print_report
+    from cml_tasks.prefect.backfill import cml_backfill
+
+    typer.echo(f"$ cml-jobs backfill {url} --from 2017-01-01 --to 2017-12-31 --every month")
+    report = cml_backfill(job=url, start=date(2017, 1, 1), end=date(2017, 12, 31))
+    print_report(report, as_json=False)
+
+
+def _scheduled_january(url: str) -> None:
+    """The flow run the `monthly` schedule makes on 1 February: January, already started."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    from cml_tasks.models import StartedRun
+    from cml_tasks.prefect.window_run import cml_window_run
+
+    scheduled = datetime(2017, 2, 1, 2, tzinfo=ZoneInfo("Europe/Berlin"))
+    parameters = {"job": url, "options": {"timezone": "Europe/Berlin"}}
+    typer.echo(f"\nThe monthly schedule's run for {scheduled:%Y-%m-%d %H:%M %Z} (window: January):")
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(
+            cml_window_run, parameters=parameters, state=Scheduled(scheduled_time=scheduled)
+        )
+    run: StartedRun = run_flow(  # type: ignore[assignment]
+        cml_window_run, flow_run=flow_run, parameters=parameters
+    )
+    typer.echo(f"  nothing started: January already has run {run.engine_id} (from the backfill)")
+
+
+@contextmanager
+def _prefect_server(*, ui: bool) -> Iterator[str]:
+    """`prefect server start` on a free port with a temporary home; this process uses it."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from cml_tasks.prefect._adapter import flush_to_api
+
+    home = Path(tempfile.mkdtemp(prefix="cml-demo-"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_UI_ENABLED": "true" if ui else "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    command = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with (home / "server.log").open("wb") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            try:
+                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit((home / "server.log").read_text()[-3000:])
+            time.sleep(0.3)
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            try:
+                yield api_url
+            finally:
+                flush_to_api()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("Stopped.")
