@@ -47,9 +47,9 @@ def test_block_type_has_a_logo_a_docs_link_and_a_code_example() -> None:
     assert str(block_type.logo_url).endswith(".svg")
     assert str(block_type.documentation_url).startswith("https://docs.cloudera.com/")
     assert block_type.description and "Cloudera Machine Learning" in block_type.description
-    assert block_type.code_example and 'CMLCredentials.load("BLOCK_NAME")' in (
-        block_type.code_example
-    )
+    # A fenced block: the UI's Example box renders markdown and shows nothing otherwise.
+    assert block_type.code_example and block_type.code_example.startswith("```python\n")
+    assert 'CMLCredentials.load("BLOCK_NAME")' in block_type.code_example
 
 
 @pytest.mark.usefixtures("prefect_api")

@@ -31,13 +31,11 @@ class CMLCredentials(Block):
     _logo_url = LOGO_URL  # type: ignore[assignment]  # pydantic's HttpUrl accepts the text
     _documentation_url = DOCUMENTATION_URL  # type: ignore[assignment]
     _code_example = """
+    ```python
     from cml_tasks.prefect.blocks import CMLCredentials
 
-    from cml_tasks.prefect.backfill import cml_backfill
-
     credentials = CMLCredentials.load("BLOCK_NAME")
-    cml_backfill(job="https://ml.example.com/alice/risk-analysis/jobs/208",
-                 start="2017-01-01", end="2017-12-31", credentials=credentials)
+    ```
     """
 
     host: str | None = Field(
