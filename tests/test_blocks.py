@@ -48,7 +48,7 @@ def test_block_type_has_a_logo_a_docs_link_and_a_code_example() -> None:
     assert str(block_type.documentation_url).startswith("https://docs.cloudera.com/")
     assert block_type.description and "Cloudera Machine Learning" in block_type.description
     # A fenced block: the UI's Example box renders markdown and shows nothing otherwise.
-    assert block_type.code_example and block_type.code_example.startswith("```python\n")
+    assert block_type.code_example and block_type.code_example.strip().startswith("```python\n")
     assert 'CMLCredentials.load("BLOCK_NAME")' in block_type.code_example
 
 
