@@ -230,10 +230,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """A headless Chromium driven by Playwright, shared by the session (a
-    `playwright.sync_api.Browser`)."""
+    """A headless Chromium driven by Playwright (a `playwright.sync_api.Browser`), for one test
+    module: ~1 s to launch. Not for the session: while Playwright's sync API is up, the main
+    thread has a running asyncio loop, so Prefect's sync calls there (`flow()`, `Block.save`)
+    would return coroutines; run flows in a worker thread while it is up, and tests of later
+    modules run without it."""
     if not Path(CHROMIUM).exists():
         pytest.fail(
             f"Chromium is not installed (no {CHROMIUM}): the browser tests drive the Prefect UI "
