@@ -12,7 +12,8 @@ Faults (`Fault(endpoint="v1.start", kind=..., rate=..., seed=...)`, one per kind
 `--rate`, so about 1 - (1 - rate)^8 of the start calls fail): 429 with Retry-After, 500, 502,
 503, 504, a dropped connection, latency past the client's timeout (`CML_TIMEOUT=1`, latency
 1.5 s: the run is created after the client gave up) and a lost answer (the run is created, the
-answer never arrives). The first rerun keeps them at half the rate, later ones have none.
+answer never arrives). A killed first pass is resumed with every fault still on; the reruns
+after that have them at half the rate, then none, until no window is missing.
 
 Counted from the emulator (`Emulator.requests()`: each request's endpoint, status and the
 fault it got; `Emulator.runs()`: each run's environment) and the window records on the
@@ -111,6 +112,10 @@ class Pass:
     exit_code: int | None
     """None: SIGKILLed."""
     results: Counter[str] = field(default_factory=Counter)
+    start_calls: int = 0
+    faulted: int = 0
+    faults_on: bool = True
+    """Whether it ran with the full fault plan (the first pass, and its resumption)."""
 
 
 @dataclass
@@ -145,6 +150,12 @@ class SoakReport:
     def retries(self) -> int:
         return self.start_calls - self.windows
 
+    @property
+    def faulted_share(self) -> float:
+        """Faulted start calls in the passes that ran with every fault on."""
+        calls = sum(p.start_calls for p in self.passes if p.faults_on)
+        return sum(p.faulted for p in self.passes if p.faults_on) / calls if calls else 0.0
+
     def problems(self) -> list[str]:
         """What breaks the soak's promises (empty: all kept)."""
         found = []
@@ -156,6 +167,8 @@ class SoakReport:
             found.append(f"records disagree with CML: {self.disagreeing[:5]}")
         if self.v2 and self.started_once != self.windows:
             found.append(f"with the v2 key {self.started_once} of {self.windows} windows ran once")
+        if self.fault_rate and self.faulted_share < 0.3:
+            found.append(f"only {self.faulted_share:.0%} of the start calls faulted")
         missing = set(KINDS) - set(self.faults)
         if missing:
             found.append(f"fault kinds never injected: {sorted(missing)}")
@@ -168,14 +181,16 @@ class SoakReport:
         lines = [
             f"{self.name}: {self.windows} daily windows, {keys}, fault rate {self.fault_rate:g}"
             f" per kind ({self.seconds:.0f} s)",
-            f"  start calls {self.start_calls}: {self.faulted} faulted ({share:.0%}): {kinds}",
+            f"  start calls {self.start_calls}: {self.faulted} faulted ({share:.0%} overall,"
+            f" {self.faulted_share:.0%} with every fault on): {kinds}",
             f"  retries (start calls beyond one per window): {self.retries};"
             f" v2 list calls (reconciliation): {self.list_calls}",
         ]
         for p in self.passes:
             ended = "SIGKILLed" if p.exit_code is None else f"exit {p.exit_code}"
             counts = ", ".join(f"{n} {what}" for what, n in sorted(p.results.items()))
-            lines.append(f"  {p.label}: {ended} after {p.seconds:.1f} s  {counts}".rstrip())
+            calls = f"{p.start_calls} start calls, {p.faulted} faulted"
+            lines.append(f"  {p.label}: {ended} after {p.seconds:.1f} s ({calls})  {counts}")
         if self.killed_holding is not None:
             lines.append(f"  the killed process held {self.killed_holding} windows mid-start")
         lines += [
@@ -249,21 +264,25 @@ class Soak:
     # --- running ----------------------------------------------------------------------------
 
     def run(self) -> SoakReport:
+        """The first pass with every fault (SIGKILLed at a random point if `kill`; then
+        resumed, faults still on), then reruns - faults at half the rate, then none - while a
+        window is missing (at least one rerun)."""
         began = time.monotonic()
         with Emulator(default_config()) as cml:
             self.cml = cml
             self.url = cml.job_url("alice", "risk-analysis", "208")
             for fault in fault_plan(self.rate, self.seed):
                 cml.inject(fault)
-            self._first_pass()
-            for attempt in range(1, self.max_reruns + 1):
+            if self._first_pass():
+                self._finish(self._backfill(), "resumed after the kill")
+            reruns = 0
+            while reruns < self.max_reruns and (reruns == 0 or self._missing()):
+                reruns += 1
                 cml.clear_faults()
-                if attempt == 1 and self.rate:  # reduced, then none: the reruns converge
+                if reruns == 1 and self.rate:
                     for fault in fault_plan(self.rate / 2, self.seed + 1):
                         cml.inject(fault)
-                self._finish(self._backfill(), f"rerun {attempt}")
-                if not self._missing():
-                    break
+                self._finish(self._backfill(), f"rerun {reruns}", faults_on=False)
             return self._report(time.monotonic() - began)
 
     def _backfill(self) -> tuple[subprocess.Popen[bytes], Path, float]:
@@ -300,11 +319,12 @@ class Soak:
     def _start_calls(self) -> int:
         return sum(1 for r in self.cml.requests() if r["endpoint"] == "v1.start")
 
-    def _first_pass(self) -> None:
+    def _first_pass(self) -> bool:
+        """The first backfill, killed at a random point if `kill`: whether it was."""
         started = self._backfill()
         if not self.kill:
             self._finish(started, "first pass")
-            return
+            return False
         process, _, began = started
         target = self.rng.randint(1, max(1, self.windows // 3))
         deadline = time.monotonic() + 300
@@ -315,18 +335,32 @@ class Soak:
         time.sleep(self.rng.uniform(0.0, 0.5))
         if process.poll() is not None:  # it finished first: count it as a pass
             self._finish(started, "first pass (ended before the kill)")
-            return
+            return False
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        self.passes.append(Pass("first pass", time.monotonic() - began, None))
+        self.passes.append(Pass("first pass", time.monotonic() - began, None, **self._counts()))
         records = _records(self.server, self.url)
         self.killed_holding = sum(1 for r in records.values() if r["status"] == "starting")
         self.log(
             f"{self.name}: SIGKILL after {self._start_calls()} start calls "
             f"(aimed at {target}), {self.killed_holding} windows held"
         )
+        return True
 
-    def _finish(self, started: tuple[subprocess.Popen[bytes], Path, float], label: str) -> None:
+    def _counts(self) -> dict[str, int]:
+        """Start calls and faulted ones since the previous pass ended."""
+        starts = [r for r in self.cml.requests() if r["endpoint"] == "v1.start"]
+        done = sum(p.start_calls for p in self.passes)
+        new = starts[done:]
+        return {"start_calls": len(new), "faulted": sum(1 for r in new if r["fault"])}
+
+    def _finish(
+        self,
+        started: tuple[subprocess.Popen[bytes], Path, float],
+        label: str,
+        *,
+        faults_on: bool = True,
+    ) -> None:
         process, machine, began = started
         try:
             code = process.wait(timeout=900)
@@ -345,7 +379,9 @@ class Soak:
         if code not in (0, 1, 7):
             errors = (machine / "stderr").read_text(errors="replace")[-3000:]
             raise SystemExit(f"{self.name}: {label} exit {code}:\n{errors}")
-        self.passes.append(Pass(label, seconds, code, results))
+        self.passes.append(
+            Pass(label, seconds, code, results, faults_on=faults_on, **self._counts())
+        )
         self.log(f"{self.name}: {label} exit {code} in {seconds:.1f} s: {dict(results)}")
 
     def _missing(self) -> list[date]:
