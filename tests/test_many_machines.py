@@ -117,16 +117,11 @@ def test_a_served_schedule_and_a_backfill_elsewhere_start_a_month_once(
     serving = spawn([sys.executable, "deployments/serve.py", "monthly"], env, log)
     try:
         deadline = time.monotonic() + 60
+        while "being served" not in log.read_text():  # registered, and polling for runs
+            assert serving.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
         with server.as_current_api(), get_client(sync_client=True) as client:
-            while True:
-                try:
-                    deployment = client.read_deployment_by_name("cml-window-run/monthly")
-                    if deployment.work_pool_name is None:
-                        break
-                except Exception:
-                    pass
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
+            deployment = client.read_deployment_by_name("cml-window-run/monthly")
             flow_run = client.create_flow_run_from_deployment(
                 deployment.id,
                 state=Scheduled(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,7 +42,13 @@ def task_runs_and_logs(flow_run_id: Any) -> tuple[list[Any], str]:
             )
         return runs, "\n".join(log.message for log in logs)
 
-    return asyncio.run(read())
+    # Task runs and logs reach the API through background workers: wait for them (bounded).
+    deadline = time.monotonic() + 15
+    while True:
+        runs, logs = asyncio.run(read())
+        if (runs and logs) or time.monotonic() > deadline:
+            return runs, logs
+        time.sleep(0.2)
 
 
 def test_task_is_named_after_job_and_window_and_logs_the_run(cml: Emulator) -> None:
