@@ -1,4 +1,5 @@
-"""The Prefect UI, proven in a browser: a backfill with one failing window, run in-process on a
+"""The Prefect UI, proven in a browser: a backfill with one failing window, run by the
+`cml_backfill` flow (in a Python process of its own, see `BACKFILL`) on a
 `prefect server start` with its UI (fixture `prefect_ui_server`), then read in headless
 Chromium (fixture `browser`) as a user would: the flow run's tags, its window-named task runs,
 the failed window's short reason, the report artifact whose links open the emulator's run and
@@ -12,18 +13,20 @@ Wikimedia) are aborted, as on a machine without internet.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import PrefectServer, _delete_window_records, ui_root
+from conftest import PrefectServer, _delete_window_records, machine_env, ui_root
 
 from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator, Fault, default_config
 
@@ -80,13 +83,38 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 shutil.copyfile(folder / f"{name}.png", DOCS / target)
 
 
+BACKFILL = """
+import json, os, sys
+from datetime import date
+
+from cml_tasks.prefect.backfill import cml_backfill
+from cml_tasks.prefect.blocks import CMLCredentials
+
+host, block, job = sys.argv[1:4]
+CMLCredentials(host=host, api_key=os.environ.pop("TEST_CML_KEY")).save(block, overwrite=True)
+state = cml_backfill(
+    job=job,
+    start=date(2017, 1, 1),
+    end=date(2017, 4, 30),
+    max_concurrency=1,
+    credentials=CMLCredentials.load(block),
+    return_state=True,
+)
+print(json.dumps({"flow_run_id": str(state.state_details.flow_run_id), "state": state.type.value}))
+"""
+"""The backfill, run by a process of its own: Prefect's events and logs workers are global to a
+process and keep the API they started with (task runs reach the server as events), so an
+in-process run after another test's server would report to that one."""
+
+
 @pytest.fixture(scope="module")
-def backfill(prefect_ui_server: PrefectServer) -> Iterator[Backfill]:
+def backfill(
+    prefect_ui_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backfill]:
     """Four months of job 208 through `cml-backfill`, its credentials in a saved block; the
     emulator rejects the second start call (February) with 400 "bad environment"."""
-    from cml_tasks.prefect.backfill import cml_backfill
-    from cml_tasks.prefect.blocks import CMLCredentials
-
+    root = tmp_path_factory.mktemp("ui-backfill")
+    env = machine_env(prefect_ui_server, root, "laptop", TEST_CML_KEY=DEFAULT_V1_KEY)
     with Emulator(default_config(time_scale=0.05)) as emu:
         emu.inject(
             Fault(
@@ -98,28 +126,22 @@ def backfill(prefect_ui_server: PrefectServer) -> Iterator[Backfill]:
                 calls=(2,),
             )
         )
-
-        def run() -> Any:
-            with prefect_ui_server.as_current_api():
-                CMLCredentials(host=emu.url, api_key=DEFAULT_V1_KEY).save(BLOCK, overwrite=True)
-                return cml_backfill(
-                    job=emu.job_url("alice", "risk-analysis", "208"),
-                    start=date(2017, 1, 1),
-                    end=date(2017, 4, 30),
-                    max_concurrency=1,
-                    credentials=CMLCredentials.load(BLOCK),
-                    return_state=True,
-                )
-
-        # In a thread of its own: the browser, if already up, runs an asyncio loop in this one.
-        with ThreadPoolExecutor(1) as pool:
-            state = pool.submit(run).result()
-        assert state.is_failed(), state
+        job = emu.job_url("alice", "risk-analysis", "208")
+        done = subprocess.run(
+            [sys.executable, "-c", BACKFILL, emu.url, BLOCK, job],
+            env=env,
+            cwd=root / "laptop" / "work",
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        output = f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        assert done.returncode == 0, output
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["state"] == "FAILED", output
         engine_ids = {run["environment"]["START_DATE"][:7]: run["id"] for run in emu.runs()}
         assert sorted(engine_ids) == [w for w in WINDOWS if w != FAILED], emu.runs()
-        flow_run_id = state.state_details.flow_run_id
-        assert flow_run_id is not None
-        yield Backfill(str(flow_run_id), emu, engine_ids)
+        yield Backfill(result["flow_run_id"], emu, engine_ids)
     _delete_window_records(prefect_ui_server.api_url)
 
 
@@ -142,9 +164,13 @@ def page(context: BrowserContext, shots: Path, request: pytest.FixtureRequest) -
 
 
 def shot(page: Page, folder: Path, name: str, *, full_page: bool = False) -> Path:
-    """`folder/<name>.png` once the page's requests are done, its fade-ins finished."""
+    """`folder/<name>.png` once the page's requests are done (or 5 s passed: what is asserted
+    was waited for already), its fade-ins finished."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     path = folder / f"{name}.png"
-    page.wait_for_load_state("networkidle")
+    with suppress(PlaywrightTimeout):
+        page.wait_for_load_state("networkidle", timeout=5_000)
     page.screenshot(path=path, full_page=full_page, animations="disabled")
     return path
 
