@@ -86,3 +86,60 @@ def test_scale_out_dispatches_each_window_once(
         "2017-02-28",
         "2017-03-31",
     ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="A CMLCredentials reference fails the deployment's parameter schema (409): Prefect "
+    "wraps a block parameter's schema in oneOf [block, {$ref}], and a block whose fields are "
+    "all optional (extra allowed) matches {'$ref': ...} too - 'is valid under each of'",
+)
+@pytest.mark.usefixtures("process_pool")
+def test_scale_out_with_a_saved_credentials_block_dispatches(
+    prefect_server: PrefectServer, cml: Emulator
+) -> None:
+    """Scale-out with the credentials in a saved block (no key in any environment): each
+    window's flow run is created with a reference to the block."""
+    import inspect
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from cml_tasks.prefect.backfill import cml_backfill
+    from cml_tasks.prefect.blocks import CMLCredentials
+
+    url = cml.job_url("alice", "risk-analysis", "208")
+    env = prefect_server.env(CML_JOB_URL=url)
+    deploy = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", *MONTHLY],
+        cwd=REPOSITORY,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    with prefect_server.as_current_api():
+        CMLCredentials(api_key=DEFAULT_V1_KEY).save("scale-out-block", overwrite=True)
+        block = CMLCredentials.load("scale-out-block")
+        if "credentials" in inspect.signature(cml_backfill.fn).parameters:
+            given: dict[str, Any] = {"credentials": block}
+        else:
+            given = {"credentials_block": "scale-out-block"}
+        state = cml_backfill(
+            job=url,
+            start=date(2017, 1, 1),
+            end=date(2017, 1, 31),
+            scale_out=True,
+            deployment=DEPLOYMENT,
+            return_state=True,
+            **given,
+        )
+        with get_client(sync_client=True) as client:  # no worker will run it: remove it
+            deployment = client.read_deployment_by_name(DEPLOYMENT)
+            only = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            for run in client.read_flow_runs(deployment_filter=only):
+                if run.state is not None and run.state.is_scheduled():
+                    client.delete_flow_run(run.id)
+    assert state.is_completed(), state.message
+    assert [o.result for o in state.result().outcomes] == ["dispatched"]
