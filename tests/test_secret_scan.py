@@ -467,6 +467,7 @@ def test_no_key_in_any_output_or_stored_state(
         flows, commands, failing, scale_out = (
             stack.enter_context(emulator) for emulator in islice(_emulators(), 4)
         )
+        flows_url = flows.url
         background = [
             pool.submit(
                 timed,
@@ -493,6 +494,7 @@ def test_no_key_in_any_output_or_stored_state(
                 }
             ),
         ):
+            _flush_prefect_clients()  # fresh workers: they keep the first API they reported to
             timed("in-process flows", _flows, flows, monkeypatch)
             _flush_prefect_clients()
         for future in background:
@@ -528,6 +530,9 @@ def test_no_key_in_any_output_or_stored_state(
     for kind in ("api logs", "api artifacts", "api events", "api task runs", "api variables"):
         assert b"risk-analysis" in seen[kind], kind  # our runs are in what was read
     assert b"cml.run.failed" in seen["api events"]
+    for kind in ("api logs", "api events"):  # the in-process flows' too
+        assert flows_url.encode() in seen[kind], kind
+    assert b"risk-analysis/208 2015-" in seen["api task runs"]  # their windows are in 2015
 
     hits = scan.hits()
     timings["read back and scan"] = time.monotonic() - read_back
