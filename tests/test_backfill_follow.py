@@ -153,7 +153,10 @@ def test_failed_run_outcome_carries_status_and_link(emu: Emulator) -> None:
     assert state.is_failed()
     with get_client(sync_client=True) as client:
         artifact = client.read_latest_artifacts()
-    (table,) = [a for a in artifact if a.key == "cml-backfill-risk-analysis-209"]
+    # keyed by job and range, so each backfill keeps its own report
+    (table,) = [
+        a for a in artifact if a.key == "cml-backfill-risk-analysis-209-2017-01-01-2017-01-31"
+    ]
     (run,) = emu.runs()
     assert "failed" in str(table.data) and f"/runs/{run['id']}" in str(table.data)
 

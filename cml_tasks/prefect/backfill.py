@@ -41,10 +41,12 @@ from cml_tasks.backfill import (
     PlannedWindow,
     Reprocess,
     WindowOutcome,
+    WindowRecord,
     WindowResult,
     WindowStatus,
     check_run_options,
     decide,
+    decide_record,
     job_tag,
     plan_backfill,
 )
@@ -166,6 +168,10 @@ def _run_in_process(
         on_done(_failed_outcome(planned, plan.job, value))
 
     for planned in plan.windows:
+        skipped = _settled_skip(known.get(planned.key), window_arguments)
+        if skipped is not None:  # started already: no task run, no request, only its row
+            on_done(WindowOutcome.of(plan.job, planned, WindowResult.SKIPPED, reason=skipped))
+            continue
         while len(by_future) >= max_concurrency:
             collect(next(as_completed(list(by_future))))
         with tags(*job_tags(plan.job)):
@@ -179,6 +185,16 @@ def _run_in_process(
         by_future[future] = planned
     for future in as_completed(list(by_future)):
         collect(future)
+
+
+def _settled_skip(record: WindowRecord | None, window_arguments: dict[str, Any]) -> str | None:
+    """Why a window is skipped without a task run: its record (read with the job's others)
+    is settled and says so - not one that a follow resumes, not one in flight."""
+    if record is None or record.status is WindowStatus.STARTING:
+        return None
+    action, reason = decide_record(record, window_arguments["reprocess"])
+    resumable = window_arguments["follow"] and record.status is WindowStatus.STARTED
+    return reason if action is Action.SKIP and not resumable else None
 
 
 def _dispatch(
