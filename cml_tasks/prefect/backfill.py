@@ -12,6 +12,7 @@ yet, and a killed backfill resumes where it stopped.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -75,6 +76,8 @@ from cml_tasks.prefect.window_run import OUTCOME_UNKNOWN_STATE
 from cml_tasks.prefect.window_task import start_window
 from cml_tasks.window_options import WindowOptions
 
+PROGRESS_SECONDS = 1.0
+"""The progress artifact is updated at most this often (each update is a request)."""
 Observer = Callable[[WindowOutcome, int, int], None]
 """Told of each finished window: (outcome, windows done, windows in all)."""
 _observers: list[Observer] = []
@@ -398,17 +401,20 @@ def _collect(
     key_of = {p.label: p.key for p in plan.windows}
     outcomes: dict[str, WindowOutcome] = {}
     counts: Counter[str] = Counter()
+    shown = [time.monotonic()]
 
     def on_done(outcome: WindowOutcome) -> None:
         outcomes[key_of[outcome.window]] = outcome
         counts["failed" if outcome.failed else outcome.result.replace("_", " ")] += 1
         done = len(outcomes)
-        told = ", ".join(f"{n} {what}" for what, n in counts.most_common())
-        update_progress_artifact(
-            artifact_id=progress,
-            progress=100.0 * done / total,
-            description=f"{done} of {total} windows: {told}",
-        )
+        if done == total or time.monotonic() >= shown[0] + PROGRESS_SECONDS:
+            shown[0] = time.monotonic()
+            told = ", ".join(f"{n} {what}" for what, n in counts.most_common())
+            update_progress_artifact(
+                artifact_id=progress,
+                progress=100.0 * done / total,
+                description=f"{done} of {total} windows: {told}",
+            )
         for observer in _observers:
             observer(outcome, done, total)
 
