@@ -266,17 +266,18 @@ class Soak:
     def run(self) -> SoakReport:
         """The first pass with every fault (SIGKILLed at a random point if `kill`; then
         resumed, faults still on), then reruns - faults at half the rate, then none - while a
-        window is missing (at least one rerun)."""
+        window is missing (at least one rerun after a pass that was not killed)."""
         began = time.monotonic()
         with Emulator(default_config()) as cml:
             self.cml = cml
             self.url = cml.job_url("alice", "risk-analysis", "208")
             for fault in fault_plan(self.rate, self.seed):
                 cml.inject(fault)
-            if self._first_pass():
+            killed = self._first_pass()
+            if killed:  # the resumed pass is the first rerun, with every fault on
                 self._finish(self._backfill(), "resumed after the kill")
             reruns = 0
-            while reruns < self.max_reruns and (reruns == 0 or self._missing()):
+            while reruns < self.max_reruns and ((reruns == 0 and not killed) or self._missing()):
                 reruns += 1
                 cml.clear_faults()
                 if reruns == 1 and self.rate:
