@@ -463,7 +463,9 @@ def backfill(
         str | None,
         typer.Option(help="With --follow: stop a run still going after this long (e.g. 2h)."),
     ] = None,
-    poll: Annotated[str, typer.Option(help="With --follow: time between polls.")] = "30s",
+    poll: Annotated[
+        str | None, typer.Option(help="With --follow: time between polls (default 30s).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Start a job once for every window of a date range; skips windows already started.
@@ -488,9 +490,14 @@ def backfill(
         if follow:
             options |= {
                 "follow": True,
-                "poll_interval": parse_duration(poll),
-                "max_wait": parse_duration(timeout) if timeout else None,
+                "poll_interval": parse_duration(poll or "30s", option="--poll"),
+                "max_wait": parse_duration(timeout, option="--timeout") if timeout else None,
             }
+        else:
+            given = [name for name, value in (("--timeout", timeout), ("--poll", poll)) if value]
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                bad_input(f"{' and '.join(given)} only {verb} with --follow (follow the runs)")
         if dry_run:
             backfill_cli.print_report(
                 backfill_cli.dry_run(job, start, end, options), as_json=as_json

@@ -88,20 +88,12 @@ def test_scale_out_dispatches_each_window_once(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A CMLCredentials reference fails the deployment's parameter schema (409): Prefect "
-    "wraps a block parameter's schema in oneOf [block, {$ref}], and a block whose fields are "
-    "all optional (extra allowed) matches {'$ref': ...} too - 'is valid under each of'",
-)
 @pytest.mark.usefixtures("process_pool")
 def test_scale_out_with_a_saved_credentials_block_dispatches(
     prefect_server: PrefectServer, cml: Emulator
 ) -> None:
     """Scale-out with the credentials in a saved block (no key in any environment): each
     window's flow run is created with a reference to the block."""
-    import inspect
-
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
@@ -122,10 +114,6 @@ def test_scale_out_with_a_saved_credentials_block_dispatches(
     with prefect_server.as_current_api():
         CMLCredentials(api_key=DEFAULT_V1_KEY).save("scale-out-block", overwrite=True)
         block = CMLCredentials.load("scale-out-block")
-        if "credentials" in inspect.signature(cml_backfill.fn).parameters:
-            given: dict[str, Any] = {"credentials": block}
-        else:
-            given = {"credentials_block": "scale-out-block"}
         state = cml_backfill(
             job=url,
             start=date(2017, 1, 1),
@@ -133,7 +121,7 @@ def test_scale_out_with_a_saved_credentials_block_dispatches(
             scale_out=True,
             deployment=DEPLOYMENT,
             return_state=True,
-            **given,
+            credentials=block,
         )
         with get_client(sync_client=True) as client:  # no worker will run it: remove it
             deployment = client.read_deployment_by_name(DEPLOYMENT)

@@ -546,9 +546,6 @@ def test_backfill_dry_run_says_what_the_flow_says(
 # `--timeout`/`--poll` without `--wait` and names the option; the backfill should do the same.
 
 
-@pytest.mark.xfail(
-    strict=True, reason="cli.py backfill: --timeout without --follow is silently ignored"
-)
 def test_backfill_timeout_without_follow_is_refused(cml: Emulator) -> None:
     args = [*DRY[:1], JOB.replace("{base}", cml.url), *DRY[2:], "--timeout", "2h"]
     result = CliRunner().invoke(app, args, env={**KEYS, "CML_HOST": None})
@@ -556,7 +553,6 @@ def test_backfill_timeout_without_follow_is_refused(cml: Emulator) -> None:
     assert "--timeout only applies with --follow" in result.output
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py backfill: --poll without --follow is ignored")
 def test_backfill_poll_without_follow_is_refused(cml: Emulator) -> None:
     args = [*DRY[:1], JOB.replace("{base}", cml.url), *DRY[2:], "--poll", "nan"]
     result = CliRunner().invoke(app, args, env={**KEYS, "CML_HOST": None})
@@ -564,7 +560,6 @@ def test_backfill_poll_without_follow_is_refused(cml: Emulator) -> None:
     assert "--poll only applies with --follow" in result.output
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py backfill: parse_duration() called without option=")
 @pytest.mark.parametrize("option", ["--poll", "--timeout"])
 def test_backfill_duration_errors_name_the_option(cml: Emulator, option: str) -> None:
     args = [*DRY_FOLLOW[:1], JOB.replace("{base}", cml.url), *DRY_FOLLOW[2:], option, "nan"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr
 
 from cml_tasks.settings import MAX_TIMEOUT, CMLSettings
 
@@ -20,8 +20,13 @@ class CMLCredentials(Block):
     """Credentials and connection options for a CML workspace.
 
     Save once (`CMLCredentials(host=..., api_key=...).save("prod")`), then pass
-    `CMLCredentials.load("prod")` to the tasks, or its name to the flows.
+    `CMLCredentials.load("prod")` to the tasks and flows, or pick it in a flow's run form.
     """
+
+    # No unknown fields: with every field optional, a block that allowed extras would also
+    # match a `{"$ref": ...}` parameter, and Prefect's schema (oneOf block or reference)
+    # would then refuse a scale-out run's reference to a saved block as ambiguous.
+    model_config = ConfigDict(extra="forbid")
 
     _block_type_name = "CML Credentials"
     _description = (
