@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import PrefectServer
 
@@ -43,11 +44,18 @@ def roomy_project_limit(prefect_server: PrefectServer) -> Iterator[None]:
             before = None
         client.upsert_global_concurrency_limit_by_name(LIMIT, 64)
     yield
-    with prefect_server.as_current_api(), get_client(sync_client=True) as client:
-        if before is None:
-            client.delete_global_concurrency_limit_by_name(LIMIT)
-        else:
-            client.upsert_global_concurrency_limit_by_name(LIMIT, before)
+    for attempt in range(3):  # a loaded server may reset a connection: try again
+        try:
+            with prefect_server.as_current_api(), get_client(sync_client=True) as client:
+                if before is None:
+                    client.delete_global_concurrency_limit_by_name(LIMIT)
+                else:
+                    client.upsert_global_concurrency_limit_by_name(LIMIT, before)
+            return
+        except httpx.TransportError:
+            if attempt == 2:
+                raise
+            time.sleep(1)
 
 
 @pytest.mark.usefixtures("roomy_project_limit")
