@@ -261,30 +261,29 @@ def _failing_commands(cml: Emulator, machine: Machine) -> None:
 
 
 DISPATCH = """
-import sys
+import inspect, sys
 from datetime import date
 from cml_tasks.prefect.backfill import cml_backfill
+from cml_tasks.prefect.blocks import CMLCredentials
+if "credentials" in inspect.signature(cml_backfill.fn).parameters:
+    block = {"credentials": CMLCredentials.load(sys.argv[3])}
+else:
+    block = {"credentials_block": sys.argv[3]}
 state = cml_backfill(job=sys.argv[1], start=date(2014, 1, 1), end=date(2014, 1, 31),
-                     scale_out=True, deployment=sys.argv[2], return_state=True)
+                     scale_out=True, deployment=sys.argv[2], return_state=True, **block)
 print(state.result().summary())
 """
+"""A scale-out dispatch with the saved block: the worker's window run reads the keys from it."""
 
 
 def _scale_out(cml: Emulator, server: PrefectServer, root: Path, scan: Scan) -> None:
-    """A scale-out backfill (one window): deploy `monthly`, dispatch from a machine, a worker
-    on another machine runs the window's flow run."""
+    """A scale-out backfill (one window) with the saved block: deploy `monthly`, dispatch, a
+    worker runs the window's flow run; no machine has a key in its environment."""
     from test_backfill_scale_out import DEPLOYMENT, MONTHLY, _wait_for_runs
 
     url = cml.job_url("alice", "risk-analysis", "208")
-    keys = {"CML_API_KEY": V1, "CML_API_V2_KEY": V2}
-    env = machine_env(
-        server,
-        root,
-        "worker",
-        CML_JOB_URL=url,
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        **PERSIST,
-        **keys,
+    env = machine_env(  # no CML key anywhere on this machine: only in the saved block
+        server, root, "worker", CML_JOB_URL=url, PREFECT_WORKER_QUERY_SECONDS="1", **PERSIST
     )
     log = root / "worker.log"
     worker = spawn([PREFECT, "worker", "start", "--pool", "cml-process"], env, log)
@@ -304,7 +303,7 @@ def _scale_out(cml: Emulator, server: PrefectServer, root: Path, scan: Scan) -> 
             ),
             (
                 "scale-out dispatch",
-                [sys.executable, "-c", DISPATCH, url, DEPLOYMENT],
+                [sys.executable, "-c", DISPATCH, url, DEPLOYMENT, BLOCK],
                 root / "worker" / "work",
             ),
         ):
