@@ -203,7 +203,13 @@ def plan_backfill(
 
 
 def check_run_options(
-    *, max_concurrency: int, reprocess: str, follow: bool, scale_out: bool, poll_interval: float
+    *,
+    max_concurrency: int,
+    reprocess: str,
+    follow: bool,
+    scale_out: bool,
+    poll_interval: float,
+    max_wait: float | None = None,
 ) -> Reprocess:
     """Check how a backfill is to run (dry run or not: one check for both); the reprocess
     mode, or a CMLInputError."""
@@ -221,6 +227,8 @@ def check_run_options(
         )
     if not 0 < poll_interval < math.inf:
         raise CMLInputError(f"poll_interval must be a positive number, got {poll_interval}")
+    if max_wait is not None and not 0 < max_wait < math.inf:
+        raise CMLInputError(f"max_wait must be a positive number of seconds, got {max_wait}")
     return mode
 
 

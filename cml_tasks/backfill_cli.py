@@ -33,6 +33,7 @@ def dry_run(job: str, start: date, end: date, options: dict[str, Any]) -> Backfi
         follow=options.get("follow", False),
         scale_out=False,
         poll_interval=options.get("poll_interval", 30.0),
+        max_wait=options.get("max_wait"),
     )
     ref = JobRef.parse(job).with_host(CMLSettings.load().host)
     plan = plan_backfill(ref, start, end, options["options"], options["order"])

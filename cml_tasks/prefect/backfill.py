@@ -326,6 +326,7 @@ def cml_backfill(
         follow=follow,
         scale_out=scale_out,
         poll_interval=poll_interval,
+        max_wait=max_wait,
     )
     settings = resolve_settings(credentials)
     if follow and not dry_run:
