@@ -247,7 +247,7 @@ def decide(
     if status is None:
         if reprocess is Reprocess.FAILED:
             return Action.SKIP, "never started (reprocess=failed only re-runs failures)"
-        return Action.START, "not started yet"
+        return Action.START, "its first start"
     if status in (WindowStatus.STARTING, WindowStatus.OUTCOME_UNKNOWN):
         return Action.UNKNOWN, (
             f"a previous start's outcome is unknown ({detail}): check the job's runs in CML; "

@@ -5,6 +5,7 @@ Starts are counted from the emulator's own record (`emu.runs()`), never from our
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -355,3 +356,25 @@ def test_settings_used_for_a_job_without_host(
     assert state.is_completed()
     assert _starts(emu) == Counter({"2017-01-01": 1})
     assert CMLSettings.load().host == emu.url
+
+
+def test_windows_do_not_feed_each_other_in_the_task_graph(emu: Emulator) -> None:
+    """A window's end date is the next window's start date (one object): unquoted, Prefect
+    linked window N-1's result to window N's input and drew a false arrow between them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    state = _backfill(emu, "2017-01-01", "2017-06-30", max_concurrency=1)
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        flow_run_id = client.read_flow_run(state.state_details.flow_run_id).id
+        deadline = time.monotonic() + 15
+        while True:  # task runs reach the API through the events worker
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            if len(runs) == 6 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert len(runs) == 6
+    assert all(not inputs for run in runs for inputs in run.task_inputs.values())
