@@ -83,18 +83,25 @@ def _no_window_records_left(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def _delete_window_records(api_url: str) -> None:
-    """Delete every variable tagged `cml` (window records and claims) through the REST API."""
+    """Delete every variable tagged `cml` (window records and claims) through the REST API
+    (bounded; a reset connection is tried again)."""
     import httpx
 
-    with httpx.Client(base_url=api_url, timeout=30) as http:
-        while True:
-            page = http.post(
-                "/variables/filter", json={"variables": {"tags": {"all_": ["cml"]}}, "limit": 200}
-            ).json()
-            for variable in page:
-                http.delete(f"/variables/name/{variable['name']}")
-            if not page:
-                return
+    for _ in range(50):
+        try:
+            with httpx.Client(base_url=api_url, timeout=30) as http:
+                page = http.post(
+                    "/variables/filter",
+                    json={"variables": {"tags": {"all_": ["cml"]}}, "limit": 200},
+                ).json()
+                for variable in page:
+                    http.delete(f"/variables/name/{variable['name']}")
+        except httpx.TransportError:
+            time.sleep(0.5)
+            continue
+        if not page:
+            return
+    pytest.fail(f"window records on {api_url} could not be deleted")
 
 
 # --- A real `prefect server start` process, for workers, `serve` processes and the CLI ---
