@@ -325,6 +325,9 @@ class WindowOutcome(BaseModel):
     """Followed runs: the CML status the run ended with."""
     run_url: str | None = None
     """The run's page URL when a run is known (else see `job_url`)."""
+    adopted: bool = False
+    """The run was not started now: CML had it already (a lost answer, a run without a
+    record), and it was adopted."""
 
     @property
     def failed(self) -> bool:

@@ -258,6 +258,7 @@ class WindowStart:
             engine_id=run.id,
             run_url=run.page_url,
             reason=f"adopted run {run.id}: {reason}",
+            adopted=True,
         )
 
     def _start(

@@ -109,7 +109,7 @@ def start_window(
             started = window.start(shared_client(settings))
             if isinstance(started, WindowOutcome):
                 if started.result is WindowResult.STARTED and started.engine_id:
-                    how = "adopted" if "adopted run" in (started.reason or "") else "started"
+                    how = "adopted" if started.adopted else "started"
                     emit_started(job, planned.label, started.engine_id, started.run_url or "", how)
                 return started
             log_started(started, planned.label)
