@@ -606,7 +606,7 @@ def demo(
 ) -> None:
     """Backfill a year of months and run a scheduled window, in Prefect, on a built-in CML
     emulator and a temporary Prefect server (nothing to set up)."""
-    from cml_tasks.demo import run_demo
+    from cml_tasks.prefect.demo import run_demo
 
     run_demo(ui=ui)
 
