@@ -98,7 +98,7 @@ def test_two_machines_backfill_the_same_year_at_once(
     assert results == Counter({"started": 12, "skipped": 12})
 
 
-def test_a_served_schedule_and_a_backfill_elsewhere_start_a_month_once(
+def test_a_served_schedule_and_a_backfill_elsewhere_start_a_window_once(
     server: PrefectServer, cml: Emulator, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
@@ -114,23 +114,22 @@ def test_a_served_schedule_and_a_backfill_elsewhere_start_a_month_once(
         **_keys(False),
     )
     log = tmp_path / "serve.log"
-    serving = spawn([sys.executable, "deployments/serve.py", "monthly"], env, log)
+    # `weekly`: the session's SQLite server also has `monthly` as `prefect deploy` made it
+    # for other tests (with pull steps that a served run cannot follow).
+    serving = spawn([sys.executable, "deployments/serve.py", "weekly"], env, log)
     try:
         deadline = time.monotonic() + 60
         while "being served" not in log.read_text():  # registered, and polling for runs
             assert serving.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
         with server.as_current_api(), get_client(sync_client=True) as client:
-            deployment = client.read_deployment_by_name("cml-window-run/monthly")
-            flow_run = client.create_flow_run_from_deployment(
+            deployment = client.read_deployment_by_name("cml-window-run/weekly")
+            flow_run = client.create_flow_run_from_deployment(  # Monday 9 January, 06:00 UTC
                 deployment.id,
-                state=Scheduled(
-                    scheduled_time=datetime(2017, 2, 1, 2, tzinfo=ZoneInfo("Europe/Berlin"))
-                ),
+                state=Scheduled(scheduled_time=datetime(2017, 1, 9, 6, tzinfo=ZoneInfo("UTC"))),
             )
-            laptop = _backfill(
-                server, tmp_path, "laptop", url, "--from", "2017-01-01", "--to", "2017-01-31"
-            )
+            week = ["--from", "2017-01-02", "--to", "2017-01-08", "--every", "week"]
+            laptop = _backfill(server, tmp_path, "laptop", url, *week)
             report = _report(laptop)
             deadline = time.monotonic() + 120
             while not (state := client.read_flow_run(flow_run.id).state) or not state.is_final():
@@ -139,7 +138,7 @@ def test_a_served_schedule_and_a_backfill_elsewhere_start_a_month_once(
     finally:
         stop_process(serving)
     assert state.is_completed(), log.read_text()[-3000:]
-    assert _starts(cml) == Counter({"2017-01-01": 1})
+    assert _starts(cml) == Counter({"2017-01-02": 1})
     assert [o["result"] for o in report["outcomes"]] in (["started"], ["skipped"])
 
 
