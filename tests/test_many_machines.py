@@ -137,6 +137,9 @@ def test_a_served_schedule_and_a_backfill_elsewhere_start_a_window_once(
                 time.sleep(0.5)
     finally:
         stop_process(serving)
+        with server.as_current_api(), get_client(sync_client=True) as client:
+            # The deployment now names this test's emulator: leave no such deployment behind.
+            client.delete_deployment(client.read_deployment_by_name("cml-window-run/weekly").id)
     assert state.is_completed(), log.read_text()[-3000:]
     assert _starts(cml) == Counter({"2017-01-02": 1})
     assert [o["result"] for o in report["outcomes"]] in (["started"], ["skipped"])
