@@ -5,6 +5,7 @@ Starts are counted from the emulator's own record (`emu.runs()`), never from our
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -204,6 +205,40 @@ def test_project_limit_bounds_across_backfills(emu: Emulator) -> None:
     state = _backfill(emu, "2017-01-01", "2017-06-30", max_concurrency=5, project_limit=4)
     assert state.is_completed()
     _assert_at_most_in_flight(_arrivals(emu), 2, 0.3)
+
+
+def test_a_backfill_keeps_its_slots_between_windows_and_gives_them_all_back(
+    emu: Emulator,
+) -> None:
+    """Inside `keeping_slots` a window's slot is kept for the next window (one take per lane,
+    not per window) and every kept slot goes back when the scope ends."""
+    from prefect.client.orchestration import get_client
+
+    from cml_tasks.prefect.project_limit import keeping_slots, project_slot
+
+    name = "cml-project:alice:risk-analysis"
+    _set_project_limit(3)
+
+    def in_use() -> int:
+        with get_client(sync_client=True) as client:
+            return client.read_global_concurrency_limit_by_name(name).active_slots
+
+    log = logging.getLogger("test")
+    with keeping_slots(name):
+        with project_slot(name, log, "first"):
+            assert in_use() == 1
+        assert in_use() == 1  # kept for the next window
+        with project_slot(name, log, "second"), project_slot(name, log, "third"):
+            assert in_use() == 2  # the kept one, and one more
+        assert in_use() == 2
+    assert in_use() == 0
+    with project_slot(name, log, "alone"):  # outside a scope: given back at once
+        assert in_use() == 1
+    assert in_use() == 0
+
+    emu.inject(Fault(endpoint="v1.start", kind="latency", seconds=0.1))
+    assert _backfill(emu, "2017-01-01", "2017-06-30", max_concurrency=2, project_limit=4)
+    assert in_use() == 0
 
 
 def test_scheduled_runs_and_a_backfill_share_the_project_limit(emu: Emulator) -> None:

@@ -67,6 +67,7 @@ from cml_tasks.prefect.naming import artifact_key, job_slug, job_tags, short_rea
 from cml_tasks.prefect.project_limit import (
     DEFAULT_PROJECT_LIMIT,
     ensure_project_limit,
+    keeping_slots,
     limit_size,
     resize_hint,
 )
@@ -381,10 +382,11 @@ def cml_backfill(
             "poll_interval": poll_interval,
             "max_wait": max_wait,
         }
-        outcomes = _collect(
-            plan,
-            lambda on_done: _run_in_process(plan, max_concurrency, window_arguments, on_done),
-        )
+        with keeping_slots(limit_name):
+            outcomes = _collect(
+                plan,
+                lambda on_done: _run_in_process(plan, max_concurrency, window_arguments, on_done),
+            )
     return _report(plan, outcomes, dry_run=dry_run, note=note)
 
 

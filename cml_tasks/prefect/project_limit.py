@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from uuid import UUID
 
 import httpx
@@ -30,6 +32,8 @@ DEFAULT_PROJECT_LIMIT = 4
 SLOT_LEASE_SECONDS = 60.0
 """Prefect's minimum lease: a killed process's slots come back after a minute."""
 RENEW_SECONDS = 20.0
+MAX_HOLD_SECONDS = 10.0
+"""A slot kept between windows for longer than this goes back after its window."""
 WAIT_SECONDS = 0.25
 """Longest pause between two asks for a slot (Prefect's own answer may suggest more)."""
 LOCKED = 423
@@ -65,27 +69,118 @@ def resize_hint(name: str, wanted: int) -> str:
 
 @contextmanager
 def project_slot(limit_name: str | None, log: Log, what: str) -> Iterator[None]:
-    """Hold one slot of the named limit while inside (nothing when None: no project limit)."""
+    """Hold one slot of the named limit while inside (nothing when None: no project limit).
+
+    Inside `keeping_slots` the slot is one the process kept from its previous window, if
+    any, and is kept again afterwards; otherwise it is taken and given back here.
+    """
     if limit_name is None:
         yield
         return
-    lease_id = _acquire(limit_name, log, what)
-    done = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(lease_id, done), daemon=True)
-    renewer.start()
+    kept = _keeping.get()
+    if kept is None or kept.name != limit_name:
+        with keeping_slots(limit_name), project_slot(limit_name, log, what):
+            yield
+        return
+    lease = _acquire(kept, log, what)
     try:
         yield
     finally:
-        done.set()
-        renewer.join()
-        prefect_api().release_concurrency_slots_with_lease(lease_id)
+        kept.give_back(lease)
 
 
-def _acquire(name: str, log: Log, what: str) -> UUID:
+@contextmanager
+def keeping_slots(limit_name: str | None) -> Iterator[None]:
+    """Keep the slots this process's windows take between one window and the next while
+    inside (a backfill): a lane of windows costs one take and one give-back of a slot, not
+    two calls per window. Every kept slot goes back on exit; a slot held longer than
+    `MAX_HOLD_SECONDS` goes back after its window, so other processes waiting get their turn.
+    """
+    if limit_name is None:
+        yield
+        return
+    kept = _KeptSlots(limit_name)
+    token = _keeping.set(kept)
+    try:
+        yield
+    finally:
+        _keeping.reset(token)
+        kept.close()
+
+
+@dataclass(eq=False)
+class _Lease:
+    id: UUID
+    taken_at: float = field(default_factory=time.monotonic)
+
+
+class _KeptSlots:
+    """A process's slots of one limit: in use, or kept idle for its next window; one thread
+    renews all their leases."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._leases: set[_Lease] = set()
+        self._idle: list[_Lease] = []
+        self._closed = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, daemon=True)
+        self._renewer.start()
+
+    def add(self, lease_id: UUID) -> _Lease:
+        lease = _Lease(lease_id)
+        with self._lock:
+            self._leases.add(lease)
+        return lease
+
+    def take(self) -> _Lease | None:
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def give_back(self, lease: _Lease) -> None:
+        with self._lock:
+            keep = not self._closed.is_set() and (
+                time.monotonic() - lease.taken_at < MAX_HOLD_SECONDS
+            )
+            if keep:
+                self._idle.append(lease)
+                return
+            self._leases.discard(lease)
+        prefect_api().release_concurrency_slots_with_lease(lease.id)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed.set()
+            idle, self._idle = self._idle, []
+            self._leases.difference_update(idle)
+        self._renewer.join()
+        for lease in idle:
+            prefect_api().release_concurrency_slots_with_lease(lease.id)
+
+    def _renew(self) -> None:
+        while not self._closed.wait(RENEW_SECONDS):
+            with self._lock:
+                leases = list(self._leases)
+            for lease in leases:  # one given back meanwhile answers 404: nothing to renew
+                with suppress(httpx.HTTPError, ObjectNotFound):
+                    prefect_api().renew_concurrency_lease(
+                        lease.id, lease_duration=SLOT_LEASE_SECONDS
+                    )
+
+
+_keeping: ContextVar[_KeptSlots | None] = ContextVar("cml_kept_project_slots", default=None)
+
+
+def _acquire(kept: _KeptSlots, log: Log, what: str) -> _Lease:
+    """A slot kept idle by this process, else a new one from the server (waiting while the
+    limit is full, and taking a kept one as soon as another window of this process ends)."""
     client = prefect_api()
+    name = kept.name
     began = time.monotonic()
     told = False
     while True:
+        if (lease := kept.take()) is not None:
+            return lease
         try:
             answer = client.increment_concurrency_slots_with_lease(
                 names=[name], slots=1, mode="concurrency", lease_duration=SLOT_LEASE_SECONDS
@@ -108,9 +203,4 @@ def _acquire(name: str, log: Log, what: str) -> UUID:
                 told = True
             time.sleep(pause)
             continue
-        return UUID(answer.json()["lease_id"])
-
-
-def _renew(lease_id: UUID, done: threading.Event) -> None:
-    while not done.wait(RENEW_SECONDS):
-        prefect_api().renew_concurrency_lease(lease_id, lease_duration=SLOT_LEASE_SECONDS)
+        return kept.add(UUID(answer.json()["lease_id"]))
