@@ -111,6 +111,15 @@ class CMLOutcomeUnknown(CMLError):
     """
 
 
+class CMLRecordError(CMLError):
+    """A window record on the Prefect server could not be written (its API kept failing).
+
+    Said of a window whose CML start went through: the run exists, its record still says
+    `starting`, and once the claim's lease ends a rerun adopts the run (API v2) or reports
+    the window's outcome unknown (v1 only), never starting it again.
+    """
+
+
 class CMLRunError(CMLError):
     """A followed run ended without succeeding; carries the run (status, times, page URL)."""
 

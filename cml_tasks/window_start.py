@@ -35,7 +35,7 @@ from cml_tasks.backfill import (
     decide_record,
 )
 from cml_tasks.client import CMLClient
-from cml_tasks.errors import CMLError, CMLOutcomeUnknown
+from cml_tasks.errors import CMLError, CMLOutcomeUnknown, CMLRecordError
 from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun
 from cml_tasks.reconcile import SETTLE_SECONDS, Log, find_started_run, start_run, start_v1_run
@@ -59,7 +59,7 @@ class RecordClaim(Protocol):
         """Replace the record and keep holding it."""
 
     def release(self, record: WindowRecord) -> None:
-        """Write the settled record and let the window go."""
+        """Write the settled record and let the window go (`CMLRecordError` if it cannot)."""
 
 
 class WindowRecords(Protocol):
@@ -292,11 +292,24 @@ class WindowStart:
             )
             raise
         run_url = f"{job.page_url}/runs/{run_id}"
-        held.release(
-            self.record(
-                WindowStatus.STARTED, engine_id=run_id, attempted_at=attempted_at, run_url=run_url
+        try:
+            held.release(
+                self.record(
+                    WindowStatus.STARTED,
+                    engine_id=run_id,
+                    attempted_at=attempted_at,
+                    run_url=run_url,
+                )
             )
-        )
+        except CMLRecordError as error:  # the run exists: say so, whatever its record says
+            self.log.warning(
+                "%s: started run %s, but %s; its record says `starting` until its claim ends, "
+                "then a rerun adopts the run (API v2) or reports it unknown (v1 only)",
+                planned.label,
+                run_id,
+                error,
+            )
+            reason = f"{reason}; its record was not updated"
         self.log.info(
             "Started %s for %s (%s): run %s, %s", job.slug, planned.label, reason, run_id, run_url
         )

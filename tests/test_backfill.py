@@ -266,6 +266,34 @@ def test_scheduled_runs_and_a_backfill_share_the_project_limit(emu: Emulator) ->
     _assert_at_most_in_flight(_arrivals(emu), 1, 0.3)
 
 
+def test_a_started_window_whose_record_cannot_be_written_is_reported_started(
+    emu: Emulator,
+) -> None:
+    """After the CML start, the Prefect API refuses every write of the window's record (as a
+    busy SQLite server can, past the client's retries; respx: a real server cannot be made to
+    fail one route on demand). The run exists, so the window is reported started with its
+    run, saying its record was not updated - not as an error that invites a second start."""
+    import httpx
+    import respx
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    with (
+        temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}),
+        respx.mock(assert_all_called=True) as api,
+    ):
+        api.patch(url__regex=r".*/api/variables/name/cml-backfill-.*").mock(
+            return_value=httpx.Response(503, json={"exception_message": "Service Unavailable"})
+        )
+        api.route().pass_through()
+        state = _backfill(emu, "2017-01-01", "2017-02-28")
+    assert state.is_completed(), state.message
+    outcomes = state.result().outcomes
+    assert [o.result for o in outcomes] == ["started", "started"]
+    assert all("its record was not updated" in (o.reason or "") for o in outcomes)
+    assert {o.engine_id for o in outcomes} == {run["id"] for run in emu.runs()}
+    assert _starts(emu) == Counter(dict.fromkeys(_months(1, 2), 1))
+
+
 def test_failed_window_does_not_stop_the_others_and_missing_retries_it(emu: Emulator) -> None:
     # The 3rd start answers 503 to every retry: surely not started.
     emu.inject(Fault(endpoint="v1.start", kind="503", calls=tuple(range(3, 9))))

@@ -2,9 +2,10 @@
 
 In-process mode (default): one task run per window (`window_task.start_window`), at most
 `max_concurrency` in flight, each holding a slot of the project's global concurrency limit
-while its start is in flight (kept for the next window: `keeping_slots`). Scale-out mode: one flow run of the `cml-window-run` deployment
-per window (`run_deployment`, idempotency key per window, `timeout=0`), executed by the
-deployment's workers and bounded by its concurrency limit.
+while its start is in flight (kept for the next window: `keeping_slots`). Scale-out mode:
+one flow run of the `cml-window-run` deployment per window (`run_deployment`, idempotency key
+per window, `timeout=0`), executed by the deployment's workers and bounded by its
+concurrency limit.
 
 Either way a second backfill over an overlapping range starts only the windows not started
 yet, and a killed backfill resumes where it stopped.

@@ -23,13 +23,14 @@ from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from cml_tasks._shared import shared
 from cml_tasks.backfill import WindowRecord, job_tag
-from cml_tasks.errors import CMLOutcomeUnknown
+from cml_tasks.errors import CMLOutcomeUnknown, CMLRecordError
 from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import filter_variables
 from cml_tasks.prefect.api import api_is_shared, prefect_api
@@ -155,7 +156,14 @@ class ServerRecords:
         )
 
     def _put(self, key: str, record: WindowRecord) -> None:
-        self.client.update_variable(VariableUpdate(name=key, value=_value(record)))
+        """Write the window's record; `CMLRecordError` once Prefect's client gave up (e.g.
+        SQLite answering "database is locked" to each of its retries)."""
+        try:
+            self.client.update_variable(VariableUpdate(name=key, value=_value(record)))
+        except httpx.HTTPError as error:
+            raise CMLRecordError(
+                f"could not write window record {key} on the Prefect server: {error}"
+            ) from error
 
     def _drop(self, name: str) -> None:
         with suppress(ObjectNotFound):
