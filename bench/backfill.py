@@ -38,6 +38,9 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cml-bench-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 LATENCY = 0.1
+RERUN_PAUSE = 15.0
+"""Seconds between a backfill and its rerun: the server first records the backfill's task-run
+events (seconds of backlog after 1,000 windows), which is not the rerun's own cost."""
 RUN_CLI = (
     "import atexit, resource, sys\n"
     "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
@@ -191,6 +194,7 @@ def main() -> None:
                     assert started == n, f"{started} runs for {n} windows"
                     figure = f"{db}: {n} {every} windows, C={c}{_failures(out)}"
                     rows.append(Row(figure, wall, baseline, cpu, rss, ""))
+                    time.sleep(RERUN_PAUSE)
                     wall, cpu, rss, out = command(args.code, *backfill, env=env)
                     assert len(cml.runs()) - before == n, "a rerun started a window again"
                     figure = f"{db}: rerun, {n} started windows{_failures(out)}"
