@@ -241,6 +241,43 @@ def test_a_backfill_keeps_its_slots_between_windows_and_gives_them_all_back(
     assert in_use() == 0
 
 
+def test_a_kept_slot_whose_lease_ran_out_is_not_lent_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kept slot that the server no longer has (its lease ran out while the process was
+    paused, say) is dropped at its next renewal: the next window takes a real one."""
+    from prefect.client.orchestration import get_client
+
+    from cml_tasks.prefect import project_limit
+    from cml_tasks.prefect.project_limit import keeping_slots, project_slot
+
+    name = "cml-project:alice:risk-analysis"
+    _set_project_limit(3)
+    monkeypatch.setattr(project_limit, "RENEW_SECONDS", 0.2)
+    log = logging.getLogger("test")
+
+    def in_use() -> int:
+        with get_client(sync_client=True) as client:
+            return client.read_global_concurrency_limit_by_name(name).active_slots
+
+    with keeping_slots(name):
+        with project_slot(name, log, "first"):
+            pass
+        kept = project_limit._keeping.get()
+        assert kept is not None
+        (lease,) = kept._idle
+        with get_client(sync_client=True) as client:  # the server forgets it
+            client.release_concurrency_slots_with_lease(lease.id)
+        assert in_use() == 0
+        deadline = time.monotonic() + 10
+        while not lease.lost:
+            assert time.monotonic() < deadline, "the renewer never noticed"
+            time.sleep(0.05)
+        with project_slot(name, log, "second"):
+            assert in_use() == 1  # a real slot, not the lost lease
+    assert in_use() == 0
+
+
 def test_scheduled_runs_and_a_backfill_share_the_project_limit(emu: Emulator) -> None:
     """Scheduled window runs take the same project slot as a backfill's windows: running at
     the same time, together they never have more starts in flight than the limit."""

@@ -5,6 +5,7 @@ run and, when following, until the run ends.
 Slots are taken and given back through the process's one Prefect client, with a lease that
 is renewed while held (a killed process's slot comes back when its lease ends, after
 `SLOT_LEASE_SECONDS`); a wait longer than a second is logged with how many slots are in use.
+A backfill keeps its slots from one window to the next (`keeping_slots`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ MAX_HOLD_SECONDS = 10.0
 WAIT_SECONDS = 0.25
 """Longest pause between two asks for a slot (Prefect's own answer may suggest more)."""
 LOCKED = 423
+LEASE_GONE = {404, 410}
+"""The server's answers to renewing a lease it no longer has (410 in Prefect 3.9)."""
 
 
 def ensure_project_limit(job: JobRef, size: int = DEFAULT_PROJECT_LIMIT) -> str:
@@ -112,6 +115,8 @@ def keeping_slots(limit_name: str | None) -> Iterator[None]:
 class _Lease:
     id: UUID
     taken_at: float = field(default_factory=time.monotonic)
+    lost: bool = False
+    """The server no longer knows it (it ran out, e.g. while the process was paused)."""
 
 
 class _KeptSlots:
@@ -142,11 +147,12 @@ class _KeptSlots:
             keep = not self._closed.is_set() and (
                 time.monotonic() - lease.taken_at < MAX_HOLD_SECONDS
             )
-            if keep:
+            if keep and not lease.lost:
                 self._idle.append(lease)
                 return
             self._leases.discard(lease)
-        prefect_api().release_concurrency_slots_with_lease(lease.id)
+        if not lease.lost:
+            prefect_api().release_concurrency_slots_with_lease(lease.id)
 
     def close(self) -> None:
         with self._lock:
@@ -161,11 +167,24 @@ class _KeptSlots:
         while not self._closed.wait(RENEW_SECONDS):
             with self._lock:
                 leases = list(self._leases)
-            for lease in leases:  # one given back meanwhile answers 404: nothing to renew
-                with suppress(httpx.HTTPError, ObjectNotFound):
+            for lease in leases:
+                try:
                     prefect_api().renew_concurrency_lease(
                         lease.id, lease_duration=SLOT_LEASE_SECONDS
                     )
+                except httpx.HTTPStatusError as error:  # else: transient, next round
+                    if error.response.status_code in LEASE_GONE:  # given back, or ran out
+                        self._forget(lease)
+                except httpx.TransportError:
+                    pass
+
+    def _forget(self, lease: _Lease) -> None:
+        """A lease the server no longer has is never lent to another window."""
+        with self._lock:
+            lease.lost = True
+            self._leases.discard(lease)
+            if lease in self._idle:
+                self._idle.remove(lease)
 
 
 _keeping: ContextVar[_KeptSlots | None] = ContextVar("cml_kept_project_slots", default=None)
