@@ -147,15 +147,20 @@ class WindowStart:
         )
 
     def finish(self, status: WindowStatus, **fields: Any) -> None:
-        """Record how a followed run ended (claiming the window's record for the write)."""
+        """Record how a followed run ended (claiming the window's record for the write); the
+        run's end stands even if the Prefect API will not take the write (`_unrecorded`)."""
         for _ in range(CLAIM_ROUNDS):
             current = self.records.read(self.planned.key)
             attempted_at = current.attempted_at if current else None
             final = self.record(status, attempted_at=attempted_at, **fields)
-            claim = self.records.claim(self.planned.key, current, final)
+            try:
+                claim = self.records.claim(self.planned.key, current, final)
+            except CMLRecordError as error:  # a take-over writes the record as it claims
+                self._unrecorded(final, error)
+                return
             if claim is not None:
                 with claim as held:
-                    held.release(final)
+                    self._release(held, final)
                 return
 
     def record(self, status: WindowStatus, **fields: Any) -> WindowRecord:
@@ -280,35 +285,24 @@ class WindowStart:
                     client, job, planned.environment, reconcile=self.can_reconcile, log=self.log
                 )
         except CMLOutcomeUnknown as error:
-            held.release(
+            self._release(
+                held,
                 self.record(
                     WindowStatus.OUTCOME_UNKNOWN, error=str(error), attempted_at=attempted_at
-                )
+                ),
             )
             raise
         except CMLError as error:
-            held.release(
-                self.record(WindowStatus.START_FAILED, error=str(error), attempted_at=attempted_at)
+            self._release(
+                held,
+                self.record(WindowStatus.START_FAILED, error=str(error), attempted_at=attempted_at),
             )
             raise
         run_url = f"{job.page_url}/runs/{run_id}"
-        try:
-            held.release(
-                self.record(
-                    WindowStatus.STARTED,
-                    engine_id=run_id,
-                    attempted_at=attempted_at,
-                    run_url=run_url,
-                )
-            )
-        except CMLRecordError as error:  # the run exists: say so, whatever its record says
-            self.log.warning(
-                "%s: started run %s, but %s; its record says `starting` until its claim ends, "
-                "then a rerun adopts the run (API v2) or reports it unknown (v1 only)",
-                planned.label,
-                run_id,
-                error,
-            )
+        started = self.record(
+            WindowStatus.STARTED, engine_id=run_id, attempted_at=attempted_at, run_url=run_url
+        )
+        if not self._release(held, started):
             reason = f"{reason}; its record was not updated"
         self.log.info(
             "Started %s for %s (%s): run %s, %s", job.slug, planned.label, reason, run_id, run_url
@@ -317,6 +311,30 @@ class WindowStart:
             return run
         return WindowOutcome.of(
             job, planned, WindowResult.STARTED, engine_id=run_id, run_url=run_url, reason=reason
+        )
+
+    def _release(self, held: RecordClaim, record: WindowRecord) -> bool:
+        """Write the settled record; False (`_unrecorded`) when the Prefect API will not."""
+        try:
+            held.release(record)
+        except CMLRecordError as error:
+            self._unrecorded(record, error)
+            return False
+        return True
+
+    def _unrecorded(self, record: WindowRecord, error: CMLRecordError) -> None:
+        """Warn that `record` could not be written. What happened in CML stands: the record
+        keeps its previous status (`starting` until the claim's lease ends, or `started`),
+        which a rerun resolves - adopting the run through API v2, or reporting it unknown
+        (v1 only) - and never by starting the window blindly."""
+        run = f" (run {record.engine_id})" if record.engine_id else ""
+        self.log.warning(
+            "%s: its record could not be set to %s%s: %s; it keeps its previous status, "
+            "which a rerun resolves",
+            self.planned.label,
+            record.status.value,
+            run,
+            error,
         )
 
     # --- helpers ---------------------------------------------------------------------------

@@ -220,3 +220,25 @@ def test_cli_follow(emu: Emulator) -> None:
     report = json.loads(result.stdout)
     assert [o["result"] for o in report["outcomes"]] == ["run_failed", "run_failed"]
     assert [o["run_status"] for o in report["outcomes"]] == ["failed", "failed"]
+
+
+def test_a_followed_run_whose_records_cannot_be_written_keeps_its_outcome(emu: Emulator) -> None:
+    """The Prefect API refuses every write of the window's record (as a busy SQLite server
+    can, past the client's retries; respx, since a real server cannot fail one route on
+    demand): the start's and the end's writes both fail, yet the window ends `succeeded`
+    with its run - not `start failed`, which would invite a second start."""
+    import httpx
+    import respx
+
+    # A 500, which Prefect's client does not resend (its 503s it resends for a minute).
+    with respx.mock(assert_all_called=True) as api:
+        api.patch(url__regex=r".*/api/variables/name/cml-backfill-.*").mock(
+            return_value=httpx.Response(500, json={"exception_message": "Internal Server Error"})
+        )
+        api.route().pass_through()
+        state = _backfill(emu, "2017-01-01", "2017-01-31")
+    assert state.is_completed(), state.message
+    (outcome,) = state.result().outcomes
+    assert outcome.result == "succeeded"
+    assert outcome.engine_id == emu.runs()[0]["id"]
+    assert _starts(emu) == Counter(dict.fromkeys(_months(1, 1), 1))

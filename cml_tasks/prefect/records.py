@@ -132,7 +132,11 @@ class ServerRecords:
                 self._drop(name)
                 return None
             stamped = self._stamped(record, attempt)
-            self._put(key, stamped)
+            try:
+                self._put(key, stamped)
+            except CMLRecordError:
+                self._drop(name)  # no claim is left behind for a write that never landed
+                raise
             return _Claim(self, key, stamped, takeover=name)
 
     def _wrote(self, key: str, stamped: WindowRecord) -> bool:
