@@ -49,15 +49,8 @@ def _wait_for_runs(cml: Emulator, count: int, log: Path) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.usefixtures("process_pool")
-def test_scale_out_dispatches_each_window_once(
-    prefect_server: PrefectServer, cml: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CML_API_KEY", DEFAULT_V1_KEY)
-    url = cml.job_url("alice", "risk-analysis", "208")
-    env = prefect_server.env(
-        CML_API_KEY=DEFAULT_V1_KEY, CML_JOB_URL=url, PREFECT_WORKER_QUERY_SECONDS="1"
-    )
+def _deploy_monthly(env: dict[str, str]) -> None:
+    """`prefect deploy` of the monthly window deployment from `deployments/prefect.yaml`."""
     deploy = subprocess.run(
         [PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", *MONTHLY],
         cwd=REPOSITORY,
@@ -67,6 +60,18 @@ def test_scale_out_dispatches_each_window_once(
         timeout=120,
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+
+
+@pytest.mark.usefixtures("process_pool")
+def test_scale_out_dispatches_each_window_once(
+    prefect_server: PrefectServer, cml: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CML_API_KEY", DEFAULT_V1_KEY)
+    url = cml.job_url("alice", "risk-analysis", "208")
+    env = prefect_server.env(
+        CML_API_KEY=DEFAULT_V1_KEY, CML_JOB_URL=url, PREFECT_WORKER_QUERY_SECONDS="1"
+    )
+    _deploy_monthly(env)
 
     report = _backfill(prefect_server, url, date(2017, 3, 31))
     assert [o.result for o in report.outcomes] == ["dispatched"] * 3
@@ -102,15 +107,7 @@ def test_scale_out_with_a_saved_credentials_block_dispatches(
 
     url = cml.job_url("alice", "risk-analysis", "208")
     env = prefect_server.env(CML_JOB_URL=url)
-    deploy = subprocess.run(
-        [PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", *MONTHLY],
-        cwd=REPOSITORY,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    _deploy_monthly(env)
     with prefect_server.as_current_api():
         CMLCredentials(api_key=DEFAULT_V1_KEY).save("scale-out-block", overwrite=True)
         block = CMLCredentials.load("scale-out-block")
