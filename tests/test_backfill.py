@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+from conftest import record_writes_refused
 
 from cml_tasks.backfill import (
     Action,
@@ -310,15 +311,7 @@ def test_a_started_window_whose_record_cannot_be_written_is_reported_started(
     busy SQLite server can, past the client's retries; respx: a real server cannot be made to
     fail one route on demand). The run exists, so the window is reported started with its
     run, saying its record was not updated - not as an error that invites a second start."""
-    import httpx
-    import respx
-
-    # A 500, which Prefect's client does not resend (its 503s it resends for a minute).
-    with respx.mock(assert_all_called=True) as api:
-        api.patch(url__regex=r".*/api/variables/name/cml-backfill-.*").mock(
-            return_value=httpx.Response(500, json={"exception_message": "Internal Server Error"})
-        )
-        api.route().pass_through()
+    with record_writes_refused():
         state = _backfill(emu, "2017-01-01", "2017-02-28")
     assert state.is_completed(), state.message
     outcomes = state.result().outcomes

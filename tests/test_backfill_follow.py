@@ -14,6 +14,7 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+from conftest import record_writes_refused
 from typer.testing import CliRunner
 
 from cml_tasks.backfill import WindowStatus, plan_backfill
@@ -227,15 +228,7 @@ def test_a_followed_run_whose_records_cannot_be_written_keeps_its_outcome(emu: E
     can, past the client's retries; respx, since a real server cannot fail one route on
     demand): the start's and the end's writes both fail, yet the window ends `succeeded`
     with its run - not `start failed`, which would invite a second start."""
-    import httpx
-    import respx
-
-    # A 500, which Prefect's client does not resend (its 503s it resends for a minute).
-    with respx.mock(assert_all_called=True) as api:
-        api.patch(url__regex=r".*/api/variables/name/cml-backfill-.*").mock(
-            return_value=httpx.Response(500, json={"exception_message": "Internal Server Error"})
-        )
-        api.route().pass_through()
+    with record_writes_refused():
         state = _backfill(emu, "2017-01-01", "2017-01-31")
     assert state.is_completed(), state.message
     (outcome,) = state.result().outcomes
