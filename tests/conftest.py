@@ -394,16 +394,21 @@ def machine_env(server: PrefectServer, root: Path, name: str, **extra: str) -> d
 
 @contextmanager
 def record_writes_refused() -> Iterator[None]:
-    """Every update of a window record answered 500 by the Prefect API, as a busy SQLite
-    server's "database is locked" ends once the client stops resending it; everything else
-    passes through to the real servers. respx: a real server cannot fail one route on demand.
-    A 500, because Prefect's client does not resend it (a 503 it resends for a minute)."""
+    """Every update of a window record, and every creation of its outcome, answered 500 by
+    the Prefect API, as a busy SQLite server's "database is locked" ends once the client
+    stops resending it; everything else passes through to the real servers. respx: a real
+    server cannot fail one route on demand. A 500, because Prefect's client does not resend
+    it (a 503 it resends for a minute)."""
     import httpx
     import respx
 
-    with respx.mock(assert_all_called=True) as api:
-        api.patch(url__regex=r".*/api/variables/name/cml-backfill-.*").mock(
-            return_value=httpx.Response(500, json={"exception_message": "Internal Server Error"})
+    from cml_tasks.prefect.records import OUTCOME_INFIX
+
+    with respx.mock(assert_all_called=False) as api:
+        refused = httpx.Response(500, json={"exception_message": "Internal Server Error"})
+        api.patch(url__regex=r".*/api/variables/name/cml-backfill-.*").mock(return_value=refused)
+        api.post(url__regex=r".*/api/variables/$", content__contains=OUTCOME_INFIX).mock(
+            return_value=refused
         )
         api.route().pass_through()
         yield

@@ -195,9 +195,14 @@ def _starting(server: PrefectServer) -> int:
         json={"variables": {"tags": {"all_": ["cml"]}}, "limit": 200},
         timeout=10,
     ).json()
-    return sum(
-        1 for v in page if isinstance(v["value"], dict) and v["value"].get("status") == "starting"
-    )
+    newest: dict[str, tuple[tuple[int, bool], str]] = {}  # as ServerRecords.records reads them
+    for v in page:
+        value = v["value"]
+        if isinstance(value, dict) and "key" in value:
+            rank = (value["attempt"], v["name"] != value["key"])
+            if value["key"] not in newest or rank > newest[value["key"]][0]:
+                newest[value["key"]] = (rank, value["status"])
+    return sum(1 for _, status in newest.values() if status == "starting")
 
 
 def test_a_machine_killed_mid_start_leaves_each_window_once_or_reported(

@@ -1,4 +1,4 @@
-"""Window records on the Prefect server: one Prefect Variable per (job, window).
+"""Window records on the Prefect server: per (job, window), a claim and its outcomes.
 
 Every process that talks to the same Prefect API - a laptop's backfill, a worker's scheduled
 run, a flow run retried in a fresh container - reads and claims the same records, with
@@ -10,7 +10,14 @@ record (a failed start, an unknown outcome, a deliberate re-run) creates a claim
 both win either. A claim carries a lease (`LEASE_SECONDS`), renewed while held: if its holder
 dies, the window is free for others within `LEASE_SECONDS + CLOCK_SKEW_SECONDS` (50 s).
 
-The records are visible (and editable) on the Prefect UI's Variables page, tagged `cml` and
+A claim's outcome (started, start failed, unknown, a followed run's end) is not written over
+the record but created beside it, once, as `<record>-outcome-a<N>` for attempt N: on SQLite,
+Prefect's variable update reads before it writes, and a write committed in between makes it
+fail at once ("database is locked", resent by the client after 2, 4, 8... s), while a creation
+waits its turn. A window's record is the newer of the two; attempt N's outcome wins over the
+record of the same attempt.
+
+The records are visible on the Prefect UI's Variables page, tagged `cml` and
 `cml-job-<id>`; `cml-jobs records` lists and forgets them.
 """
 
@@ -50,7 +57,13 @@ CLOCK_SKEW_SECONDS = 5.0
 MAX_ERROR_CHARS = 1000
 """A record's error is cut to this length (a variable holds at most 5,000 characters)."""
 CLAIM_PREFIX = "cml-claim-"
+OUTCOME_INFIX = "-outcome-a"
 PAGE_SIZE = 200
+
+
+def outcome_name(key: str, attempt: int) -> str:
+    """The variable that holds attempt `attempt`'s outcome of window record `key`."""
+    return f"{key}{OUTCOME_INFIX}{attempt}"
 
 
 class ServerRecords:
@@ -64,8 +77,13 @@ class ServerRecords:
         `PREFECT_API_URL`): other machines cannot see these records."""
 
     def read(self, key: str) -> WindowRecord | None:
+        """The record, or its current attempt's outcome once there is one (two reads)."""
         variable = self.client.read_variable_by_name(key)
-        return None if variable is None else WindowRecord.model_validate(variable.value)
+        if variable is None:
+            return None
+        record = WindowRecord.model_validate(variable.value)
+        outcome = self.client.read_variable_by_name(outcome_name(key, record.attempt))
+        return record if outcome is None else WindowRecord.model_validate(outcome.value)
 
     def claim(self, key: str, seen: WindowRecord | None, record: WindowRecord) -> _Claim | None:
         if seen is None:
@@ -85,22 +103,32 @@ class ServerRecords:
         return self._take_over(key, seen, record)
 
     def records(self, tag: str) -> list[WindowRecord]:
-        """Every record tagged `tag` (a job's: `job_tag`), in no particular order."""
-        found: list[WindowRecord] = []
+        """Every record tagged `tag` (a job's: `job_tag`), each as `read` gives it, in no
+        particular order."""
+        newest: dict[str, tuple[tuple[int, bool], WindowRecord]] = {}
         offset = 0
         while True:
             page = filter_variables(self.client, tag=tag, offset=offset, limit=PAGE_SIZE)
-            found += [WindowRecord.model_validate(item["value"]) for item in page]
+            for item in page:
+                record = WindowRecord.model_validate(item["value"])
+                rank = (record.attempt, item["name"] != record.key)  # an outcome wins its tie
+                if record.key not in newest or rank > newest[record.key][0]:
+                    newest[record.key] = (rank, record)
             if len(page) < PAGE_SIZE:
-                return found
+                return [record for _, record in newest.values()]
             offset += PAGE_SIZE
 
     def forget(self, key: str) -> bool:
-        """Delete a window's record (it becomes "not started"); False if it had none."""
-        try:
-            self.client.delete_variable_by_name(key)
-        except ObjectNotFound:
+        """Delete a window's record (it becomes "not started"); False if it had none.
+
+        Its outcomes go first: a forget cut short leaves the record alone, which tells an
+        older story (at worst a start whose outcome is unknown), never a newer one."""
+        variable = self.client.read_variable_by_name(key)
+        if variable is None:
             return False
+        for attempt in range(WindowRecord.model_validate(variable.value).attempt, -1, -1):
+            self._drop(outcome_name(key, attempt))
+        self._drop(key)
         return True
 
     def _take_over(self, key: str, seen: WindowRecord, record: WindowRecord) -> _Claim | None:
@@ -169,6 +197,30 @@ class ServerRecords:
                 f"could not write window record {key} on the Prefect server: {error}"
             ) from error
 
+    def _settle(self, key: str, record: WindowRecord) -> None:
+        """Create the outcome of `record`'s attempt (`CMLRecordError` if the server will not,
+        or if another process wrote that attempt's outcome)."""
+        value = _value(record)
+        name = outcome_name(key, record.attempt)
+        try:
+            try:
+                self.client.create_variable(
+                    VariableCreate(
+                        name=name, value=value, tags=["cml", job_tag(JobRef.parse(record.job_url))]
+                    )
+                )
+            except ObjectAlreadyExists:
+                existing = self.client.read_variable_by_name(name)
+                if existing is None or existing.value != value:  # not a resend of our own
+                    raise CMLRecordError(
+                        f"window record {key}'s outcome of attempt {record.attempt} exists "
+                        "already, written by another process"
+                    ) from None
+        except httpx.HTTPError as error:
+            raise CMLRecordError(
+                f"could not write window record {name} on the Prefect server: {error}"
+            ) from error
+
     def _drop(self, name: str) -> None:
         with suppress(ObjectNotFound):
             self.client.delete_variable_by_name(name)
@@ -207,7 +259,7 @@ class _Claim:
             settled = record.model_copy(
                 update={"attempt": self._record.attempt, "updated_at": _now()}
             )
-            self._records._put(self._key, settled)
+            self._records._settle(self._key, settled)
             self._done.set()
 
     def _check_lease(self) -> None:
