@@ -279,6 +279,76 @@ def test_a_kept_slot_whose_lease_ran_out_is_not_lent_again(
     assert in_use() == 0
 
 
+def test_a_busy_server_is_asked_for_a_slot_again_without_failing_the_window(
+    emu: Emulator,
+) -> None:
+    """SQLite answers a slot request 503 ("database is locked") while other writes commit.
+    Prefect's client resends it after 2, 4, 8... s and fails the window after 6 answers;
+    nothing has started yet, so the window asks again itself, sooner, and starts; its flow
+    run's log says why it waited. respx: a real server cannot be made busy on demand."""
+    import httpx
+    import respx
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    _set_project_limit(3)
+    answers = iter([httpx.Response(503, json={"exception_message": "Service Unavailable"})] * 7)
+
+    def answer(request: httpx.Request) -> httpx.Response | httpx.Request:
+        if b"tag:" in request.content:
+            return request  # Prefect's own tag check passes through
+        return next(answers, request)
+
+    with respx.mock(assert_all_called=True) as api:
+        api.post(url__regex=r".*/api/v2/concurrency_limits/increment-with-lease$").mock(
+            side_effect=answer
+        )
+        api.route().pass_through()
+        state = _backfill(emu, "2017-01-01", "2017-01-31", project_limit=4)
+    assert state.is_completed(), state.message
+    assert _starts(emu) == Counter({"2017-01-01": 1})
+    assert next(answers, None) is None  # all seven busy answers were given
+    told = "waits for a slot of cml-project:alice:risk-analysis: the Prefect server is busy"
+    logs: list[str] = []
+    deadline = time.monotonic() + 15  # logs reach the API through a background worker
+    while not any(told in line for line in logs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with get_client(sync_client=True) as client:
+            flow_run = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=flow_run))]
+    assert any(f"{told} (HTTP 503)" in line for line in logs), logs
+
+
+def test_a_window_whose_task_engine_fails_is_one_error_not_the_backfills(emu: Emulator) -> None:
+    """Prefect's task engine asks the server for tag concurrency slots before a window's
+    task runs; when that fails (a busy SQLite server's 503 past the client's retries; here a
+    500, which the client does not resend), the engine fails the task before it has a result.
+    Only that window is an error; the others start and a rerun starts it. respx: one failed
+    answer on demand."""
+    import httpx
+    import respx
+
+    busy = [httpx.Response(500, json={"exception_message": "Internal Server Error"})]
+
+    def answer(request: httpx.Request) -> httpx.Response | httpx.Request:
+        return busy.pop() if busy and b"tag:" in request.content else request
+
+    with respx.mock() as api:
+        api.post(url__regex=r".*/api/v2/concurrency_limits/increment-with-lease$").mock(
+            side_effect=answer
+        )
+        api.route().pass_through()
+        state = _backfill(emu, "2017-01-01", "2017-03-31", max_concurrency=1)
+    assert not busy
+    assert state.is_failed()
+    assert state.message.startswith("1 of 3 windows failed:"), state.message
+    assert "2017-01: " in state.message and "500" in state.message
+    assert _starts(emu) == Counter({"2017-02-01": 1, "2017-03-01": 1})
+    rerun = _backfill(emu, "2017-01-01", "2017-03-31")
+    assert rerun.is_completed()
+    assert _starts(emu) == Counter({"2017-01-01": 1, "2017-02-01": 1, "2017-03-01": 1})
+
+
 def test_scheduled_runs_and_a_backfill_share_the_project_limit(emu: Emulator) -> None:
     """Scheduled window runs take the same project slot as a backfill's windows: running at
     the same time, together they never have more starts in flight than the limit."""

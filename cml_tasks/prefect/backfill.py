@@ -157,14 +157,18 @@ def _run_in_process(
 
     Followed, a task ends with its CML run, so `max_concurrency` (and the project limit)
     bound active CML runs, not just start calls. The job's records are read at once (one
-    paged listing), so a window costs two calls of coordination: its claim and its release.
+    paged listing), so a window costs two calls of coordination: its claim and its outcome.
     """
     known = {record.key: record for record in window_records().records(job_tag(plan.job))}
     by_future: dict[PrefectFuture[WindowOutcome], PlannedWindow] = {}
 
     def collect(future: PrefectFuture[WindowOutcome]) -> None:
         planned = by_future.pop(future)
-        value = future.result(raise_on_failure=False)
+        value: object
+        try:
+            value = future.result(raise_on_failure=False)
+        except Exception as error:  # the task engine itself failed (e.g. Prefect's tag check
+            value = error  # got 503s): one window's error, not the whole backfill's
         if isinstance(value, WindowOutcome):
             on_done(value)
             return

@@ -22,6 +22,7 @@ from uuid import UUID
 import httpx
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from cml_tasks.backfill import project_limit_name
 from cml_tasks.job import JobRef
@@ -37,7 +38,12 @@ MAX_HOLD_SECONDS = 10.0
 """A slot kept between windows for longer than this goes back after its window."""
 WAIT_SECONDS = 0.25
 """Longest pause between two asks for a slot (Prefect's own answer may suggest more)."""
+BUSY_SECONDS = 1.0
+"""Longest pause before asking a busy Prefect server (503) for a slot again."""
+MAX_BUSY_SECONDS = 300.0
+"""How long a window asks a busy server for a slot before it fails (nothing started)."""
 LOCKED = 423
+BUSY = 503
 LEASE_GONE = {404, 410}
 """The server's answers to renewing a lease it no longer has (410 in Prefect 3.9)."""
 
@@ -192,7 +198,12 @@ _keeping: ContextVar[_KeptSlots | None] = ContextVar("cml_kept_project_slots", d
 
 def _acquire(kept: _KeptSlots, log: Log, what: str) -> _Lease:
     """A slot kept idle by this process, else a new one from the server (waiting while the
-    limit is full, and taking a kept one as soon as another window of this process ends)."""
+    limit is full, and taking a kept one as soon as another window of this process ends).
+
+    A busy server (503, e.g. SQLite's "database is locked"; or a dropped connection) is asked
+    again here after at most `BUSY_SECONDS`, for up to `MAX_BUSY_SECONDS`: nothing has been
+    started yet, and the client's own resends would leave the window idle for 2, 4, 8... s,
+    then fail it."""
     client = prefect_api()
     name = kept.name
     began = time.monotonic()
@@ -201,25 +212,44 @@ def _acquire(kept: _KeptSlots, log: Log, what: str) -> _Lease:
         if (lease := kept.take()) is not None:
             return lease
         try:
-            answer = client.increment_concurrency_slots_with_lease(
-                names=[name], slots=1, mode="concurrency", lease_duration=SLOT_LEASE_SECONDS
-            )
-        except httpx.HTTPStatusError as error:
-            if error.response.status_code != LOCKED:
-                raise
-            suggested = float(error.response.headers.get("Retry-After", WAIT_SECONDS))
-            pause = random.uniform(0.5, 1.0) * min(suggested, WAIT_SECONDS)
-            if not told and time.monotonic() - began + pause > 1.0:
-                limit = client.read_global_concurrency_limit_by_name(name)
-                log.info(
-                    "%s waits for a slot of %s: %d of %d in use (%s)",
-                    what,
-                    name,
-                    limit.active_slots,
-                    limit.limit,
-                    resize_hint(name, limit.limit * 2),
+            with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+                answer = client.increment_concurrency_slots_with_lease(
+                    names=[name], slots=1, mode="concurrency", lease_duration=SLOT_LEASE_SECONDS
                 )
+        except (httpx.HTTPStatusError, httpx.TransportError) as error:
+            response = error.response if isinstance(error, httpx.HTTPStatusError) else None
+            full = response is not None and response.status_code == LOCKED
+            busy = response is None or response.status_code == BUSY
+            if not full and (not busy or time.monotonic() - began > MAX_BUSY_SECONDS):
+                raise
+            if response is not None and full:
+                suggested = float(response.headers.get("Retry-After", WAIT_SECONDS))
+                pause = random.uniform(0.5, 1.0) * min(suggested, WAIT_SECONDS)
+            else:
+                pause = random.uniform(0.5, 1.0) * BUSY_SECONDS
+            if not told and time.monotonic() - began + pause > 1.0:
+                _tell_wait(log, what, name, full=full, error=error)
                 told = True
             time.sleep(pause)
             continue
         return kept.add(UUID(answer.json()["lease_id"]))
+
+
+def _tell_wait(log: Log, what: str, name: str, *, full: bool, error: httpx.HTTPError) -> None:
+    if not full:
+        answer = (
+            f"HTTP {error.response.status_code}"
+            if isinstance(error, httpx.HTTPStatusError)
+            else type(error).__name__
+        )
+        log.info("%s waits for a slot of %s: the Prefect server is busy (%s)", what, name, answer)
+        return
+    limit = prefect_api().read_global_concurrency_limit_by_name(name)
+    log.info(
+        "%s waits for a slot of %s: %d of %d in use (%s)",
+        what,
+        name,
+        limit.active_slots,
+        limit.limit,
+        resize_hint(name, limit.limit * 2),
+    )
