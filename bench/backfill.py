@@ -110,6 +110,7 @@ def command(code: Path, *args: str, env: dict[str, str]) -> tuple[float, float, 
     done = subprocess.run(
         [sys.executable, "-c", RUN_CLI, *args],
         env={**env, "PYTHONPATH": str(code)},
+        cwd=code,  # `python -c` puts the working directory first on the path
         capture_output=True,
         text=True,
         timeout=3600,
