@@ -212,6 +212,7 @@ def _records(server: PrefectServer, job_url: str) -> dict[date, dict[str, Any]]:
 
     from cml_tasks.backfill import job_tag
     from cml_tasks.job import JobRef
+    from cml_tasks.prefect.records import newest_records
 
     tag = job_tag(JobRef.parse(job_url))
     found: dict[date, dict[str, Any]] = {}
@@ -224,11 +225,8 @@ def _records(server: PrefectServer, job_url: str) -> dict[date, dict[str, Any]]:
             )
             page.raise_for_status()
             items = page.json()
-            for variable in items:
-                value = variable["value"]
-                if variable["name"].startswith("cml-claim-") or not isinstance(value, dict):
-                    continue
-                found[date.fromisoformat(value["window_start"])] = value
+            for record in newest_records(items).values():
+                found[record.window_start] = record.model_dump(mode="json")
             if len(items) < 200:
                 return found
             offset += 200

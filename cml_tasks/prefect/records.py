@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Iterable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,6 +65,20 @@ PAGE_SIZE = 200
 def outcome_name(key: str, attempt: int) -> str:
     """The variable that holds attempt `attempt`'s outcome of window record `key`."""
     return f"{key}{OUTCOME_INFIX}{attempt}"
+
+
+def newest_records(variables: Iterable[dict[str, Any]]) -> dict[str, WindowRecord]:
+    """Each window's record, by key, from variables as the API lists them (`name`, `value`;
+    claims of take-overs are skipped): the highest attempt, its outcome over its claim."""
+    newest: dict[str, tuple[tuple[int, bool], WindowRecord]] = {}
+    for variable in variables:
+        if variable["name"].startswith(CLAIM_PREFIX):
+            continue
+        record = WindowRecord.model_validate(variable["value"])
+        rank = (record.attempt, variable["name"] != record.key)
+        if record.key not in newest or rank > newest[record.key][0]:
+            newest[record.key] = (rank, record)
+    return {key: record for key, (_, record) in newest.items()}
 
 
 class ServerRecords:
@@ -105,17 +120,13 @@ class ServerRecords:
     def records(self, tag: str) -> list[WindowRecord]:
         """Every record tagged `tag` (a job's: `job_tag`), each as `read` gives it, in no
         particular order."""
-        newest: dict[str, tuple[tuple[int, bool], WindowRecord]] = {}
+        variables: list[dict[str, Any]] = []
         offset = 0
         while True:
             page = filter_variables(self.client, tag=tag, offset=offset, limit=PAGE_SIZE)
-            for item in page:
-                record = WindowRecord.model_validate(item["value"])
-                rank = (record.attempt, item["name"] != record.key)  # an outcome wins its tie
-                if record.key not in newest or rank > newest[record.key][0]:
-                    newest[record.key] = (rank, record)
+            variables += page
             if len(page) < PAGE_SIZE:
-                return [record for _, record in newest.values()]
+                return list(newest_records(variables).values())
             offset += PAGE_SIZE
 
     def forget(self, key: str) -> bool:
