@@ -186,16 +186,17 @@ def test_a_flow_run_retried_in_a_fresh_container_starts_nothing_again(
     assert _starts(cml) == Counter({"2017-01-01": 1})
 
 
-def _starting(server: PrefectServer) -> int:
-    """How many window records say `starting` right now."""
+def _starting(server: PrefectServer, job_url: str) -> int:
+    """How many of the job's window records say `starting` right now."""
     import httpx
 
-    from cml_tasks.backfill import WindowStatus
+    from cml_tasks.backfill import WindowStatus, job_tag
+    from cml_tasks.job import JobRef
     from cml_tasks.prefect.records import newest_records
 
     page = httpx.post(
         f"{server.api_url}/variables/filter",
-        json={"variables": {"tags": {"all_": ["cml"]}}, "limit": 200},
+        json={"variables": {"tags": {"all_": [job_tag(JobRef.parse(job_url))]}}, "limit": 200},
         timeout=10,
     ).json()
     records = newest_records(v for v in page if isinstance(v["value"], dict))
@@ -207,23 +208,25 @@ def test_a_machine_killed_mid_start_leaves_each_window_once_or_reported(
 ) -> None:
     """Two killed machines at once: job 208 with the v2 key, job 211 with v1 only. Each had
     two starts in flight (slow answers, runs created). Other machines resume both."""
-    cml.inject(Fault(endpoint="v1.start", kind="latency", seconds=4.0))
+    cml.inject(Fault(endpoint="v1.start", kind="latency", seconds=6.0))
     v2_url = cml.job_url("alice", "risk-analysis", "208")
     v1_url = cml.job_url("alice", "risk-analysis", "211")
     args = [*YEAR, "--max-concurrency", "2"]
-    killed = [
-        _backfill(server, tmp_path, "a1", v2_url, *args, v2=True),
-        _backfill(server, tmp_path, "a2", v1_url, *args),
-    ]
-    deadline = time.monotonic() + 60
-    while _starting(server) < 4:
-        assert time.monotonic() < deadline, "the first machines never started 4 windows"
-        time.sleep(0.2)
-    time.sleep(1.0)  # a claim writes `starting` just before its call goes out: let them go
-    for process in killed:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
     in_flight = 2
+    killing = {  # each machine is killed once its own two starts are in flight
+        v2_url: _backfill(server, tmp_path, "a1", v2_url, *args, v2=True),
+        v1_url: _backfill(server, tmp_path, "a2", v1_url, *args),
+    }
+    deadline = time.monotonic() + 60
+    while killing:
+        assert time.monotonic() < deadline, "the first machines never started their windows"
+        for url, process in list(killing.items()):
+            if _starting(server, url) >= in_flight:
+                time.sleep(1.0)  # a claim writes `starting` just before its call goes out
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                del killing[url]
+        time.sleep(0.2)
     while len(cml.runs()) < 2 * in_flight:  # the slow answers land after the kill
         assert time.monotonic() < deadline + 30
         time.sleep(0.2)
