@@ -209,10 +209,11 @@ def main() -> None:
 
 def _failures(output: str) -> str:
     """ ", 1 error" when the backfill's JSON summary names windows that did not start."""
-    summary: str = json.loads(output)["summary"]
+    report = json.loads(output)
+    summary: str = report["summary"]
     failed = [part for part in summary.split(": ", 1)[1].split(", ") if "started" not in part]
     failed = [part for part in failed if "skipped" not in part]
-    for outcome in json.loads(output)["outcomes"]:
+    for outcome in report["outcomes"]:
         if outcome["result"] not in ("started", "skipped"):
             print(f"not started: {outcome}", file=sys.stderr)
     return f" ({', '.join(failed)})" if failed else ""

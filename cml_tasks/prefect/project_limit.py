@@ -218,31 +218,29 @@ def _acquire(kept: _KeptSlots, log: Log, what: str) -> _Lease:
                 )
         except (httpx.HTTPStatusError, httpx.TransportError) as error:
             response = error.response if isinstance(error, httpx.HTTPStatusError) else None
-            full = response is not None and response.status_code == LOCKED
-            busy = response is None or response.status_code == BUSY
-            if not full and (not busy or time.monotonic() - began > MAX_BUSY_SECONDS):
-                raise
-            if response is not None and full:
+            busy: str | None = None  # why the server could not answer; None: the limit is full
+            if response is not None and response.status_code == LOCKED:
                 suggested = float(response.headers.get("Retry-After", WAIT_SECONDS))
                 pause = random.uniform(0.5, 1.0) * min(suggested, WAIT_SECONDS)
-            else:
+            elif response is None or response.status_code == BUSY:
+                if time.monotonic() - began > MAX_BUSY_SECONDS:
+                    raise
+                busy = type(error).__name__ if response is None else f"HTTP {BUSY}"
                 pause = random.uniform(0.5, 1.0) * BUSY_SECONDS
+            else:
+                raise
             if not told and time.monotonic() - began + pause > 1.0:
-                _tell_wait(log, what, name, full=full, error=error)
+                _tell_wait(log, what, name, busy)
                 told = True
             time.sleep(pause)
             continue
         return kept.add(UUID(answer.json()["lease_id"]))
 
 
-def _tell_wait(log: Log, what: str, name: str, *, full: bool, error: httpx.HTTPError) -> None:
-    if not full:
-        answer = (
-            f"HTTP {error.response.status_code}"
-            if isinstance(error, httpx.HTTPStatusError)
-            else type(error).__name__
-        )
-        log.info("%s waits for a slot of %s: the Prefect server is busy (%s)", what, name, answer)
+def _tell_wait(log: Log, what: str, name: str, busy: str | None) -> None:
+    """Say why a window waits for a slot: the server is `busy`, or the limit is full."""
+    if busy is not None:
+        log.info("%s waits for a slot of %s: the Prefect server is busy (%s)", what, name, busy)
         return
     limit = prefect_api().read_global_concurrency_limit_by_name(name)
     log.info(

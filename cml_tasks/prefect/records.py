@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,7 +82,8 @@ def newest_records(variables: Iterable[dict[str, Any]]) -> dict[str, WindowRecor
 
 
 class ServerRecords:
-    """`WindowRecords` as Prefect Variables on the Prefect server (one per window)."""
+    """`WindowRecords` as Prefect Variables on the Prefect server (per window, a claim and
+    its outcomes)."""
 
     def __init__(self, client: SyncPrefectClient, holder: str, *, shared_api: bool) -> None:
         self.client = client
@@ -105,11 +106,7 @@ class ServerRecords:
             stamped = self._stamped(record, attempt=0)
             try:
                 self.client.create_variable(
-                    VariableCreate(
-                        name=key,
-                        value=_value(stamped),
-                        tags=["cml", job_tag(JobRef.parse(record.job_url))],
-                    )
+                    VariableCreate(name=key, value=_value(stamped), tags=_tags(record))
                 )
             except ObjectAlreadyExists:
                 if not self._wrote(key, stamped):
@@ -201,24 +198,18 @@ class ServerRecords:
     def _put(self, key: str, record: WindowRecord) -> None:
         """Write the window's record; `CMLRecordError` once Prefect's client gave up (e.g.
         SQLite answering "database is locked" to each of its retries)."""
-        try:
+        with _writing(key):
             self.client.update_variable(VariableUpdate(name=key, value=_value(record)))
-        except httpx.HTTPError as error:
-            raise CMLRecordError(
-                f"could not write window record {key} on the Prefect server: {error}"
-            ) from error
 
     def _settle(self, key: str, record: WindowRecord) -> None:
         """Create the outcome of `record`'s attempt (`CMLRecordError` if the server will not,
         or if another process wrote that attempt's outcome)."""
         value = _value(record)
         name = outcome_name(key, record.attempt)
-        try:
+        with _writing(name):
             try:
                 self.client.create_variable(
-                    VariableCreate(
-                        name=name, value=value, tags=["cml", job_tag(JobRef.parse(record.job_url))]
-                    )
+                    VariableCreate(name=name, value=value, tags=_tags(record))
                 )
             except ObjectAlreadyExists:
                 existing = self.client.read_variable_by_name(name)
@@ -227,10 +218,6 @@ class ServerRecords:
                         f"window record {key}'s outcome of attempt {record.attempt} exists "
                         "already, written by another process"
                     ) from None
-        except httpx.HTTPError as error:
-            raise CMLRecordError(
-                f"could not write window record {name} on the Prefect server: {error}"
-            ) from error
 
     def _drop(self, name: str) -> None:
         with suppress(ObjectNotFound):
@@ -290,6 +277,22 @@ class _Claim:
                 self._check_lease()
                 self._record = self._records._stamped(self._record, self._record.attempt)
                 self._records._put(self._key, self._record)
+
+
+@contextmanager
+def _writing(name: str) -> Iterator[None]:
+    """A write of variable `name`: `CMLRecordError` once Prefect's client gave up on it."""
+    try:
+        yield
+    except httpx.HTTPError as error:
+        raise CMLRecordError(
+            f"could not write window record {name} on the Prefect server: {error}"
+        ) from error
+
+
+def _tags(record: WindowRecord) -> list[str]:
+    """A window's variables are tagged `cml` and with its job (`job_tag`): listed per job."""
+    return ["cml", job_tag(JobRef.parse(record.job_url))]
 
 
 def _value(record: WindowRecord) -> dict[str, Any]:
