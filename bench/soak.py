@@ -212,7 +212,7 @@ def _records(server: PrefectServer, job_url: str) -> dict[date, dict[str, Any]]:
 
     from cml_tasks.backfill import job_tag
     from cml_tasks.job import JobRef
-    from cml_tasks.prefect.records import newest_records
+    from cml_tasks.record_layout import newest_records
 
     tag = job_tag(JobRef.parse(job_url))
     found: dict[date, dict[str, Any]] = {}

@@ -265,6 +265,16 @@ def decide_record(record: WindowRecord | None, reprocess: Reprocess) -> tuple[Ac
     return decide(None if record is None else record.status, reprocess, _detail(record))
 
 
+def settled_skip(record: WindowRecord | None, reprocess: Reprocess, follow: bool) -> str | None:
+    """Why a window is skipped without a task run or a request: its record (read with the
+    job's others) is settled and says so - not one that a follow resumes, not one in flight."""
+    if record is None or record.status is WindowStatus.STARTING:
+        return None
+    action, reason = decide_record(record, reprocess)
+    resumable = follow and record.status is WindowStatus.STARTED
+    return reason if action is Action.SKIP and not resumable else None
+
+
 def _detail(record: WindowRecord | None) -> str:
     if record is None:
         return ""

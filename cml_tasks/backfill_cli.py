@@ -8,26 +8,67 @@ import json
 from datetime import date
 from typing import Any
 
+import httpx
 import typer
 from rich.console import Console
 
 from cml_tasks._text import columns, printable
 from cml_tasks.backfill import (
+    BackfillPlan,
     BackfillReport,
+    Reprocess,
     WindowOutcome,
     WindowResult,
     check_run_options,
+    job_tag,
     plan_backfill,
+    settled_skip,
 )
 from cml_tasks.errors import BackfillFailed, CMLError
 from cml_tasks.job import JobRef
+from cml_tasks.prefect_rest import job_records, prefect_api_from_settings
 from cml_tasks.settings import CMLSettings
 
 
 def dry_run(job: str, start: date, end: date, options: dict[str, Any]) -> BackfillReport:
     """The windows and environments a backfill would send: no Prefect, no request, but every
     check a real run makes before its first request."""
-    check_run_options(
+    plan, _ = _checked_plan(job, start, end, options, dry_run=True)
+    outcomes = [WindowOutcome.of(plan.job, p, WindowResult.PLANNED) for p in plan.windows]
+    return BackfillReport(job_url=plan.job.page_url, outcomes=outcomes, dry_run=True)
+
+
+def settled(
+    job: str, start: date, end: date, options: dict[str, Any]
+) -> tuple[BackfillReport, str] | None:
+    """The report of a rerun with nothing to start (every window's record says skip), read
+    from the Prefect API without importing Prefect, and where it was read; None when a flow
+    run is needed, or when the records cannot be read this way (the flow reads them again).
+    Raises what the flow would for bad input, before any request."""
+    plan, mode = _checked_plan(job, start, end, options, dry_run=False)
+    api = prefect_api_from_settings()
+    if api is None:
+        return None
+    try:
+        records = job_records(api, job_tag(plan.job), at_least=len(plan.windows))
+    except (httpx.HTTPError, ValueError):
+        return None
+    if records is None:
+        return None
+    outcomes = []
+    for planned in plan.windows:
+        reason = settled_skip(records.get(planned.key), mode, options.get("follow", False))
+        if reason is None:
+            return None
+        outcomes.append(WindowOutcome.of(plan.job, planned, WindowResult.SKIPPED, reason=reason))
+    return BackfillReport(job_url=plan.job.page_url, outcomes=outcomes), api.url
+
+
+def _checked_plan(
+    job: str, start: date, end: date, options: dict[str, Any], *, dry_run: bool
+) -> tuple[BackfillPlan, Reprocess]:
+    """The plan, after every check the flow makes before its first request."""
+    mode = check_run_options(
         max_concurrency=options["max_concurrency"],
         reprocess=options["reprocess"],
         follow=options.get("follow", False),
@@ -35,10 +76,11 @@ def dry_run(job: str, start: date, end: date, options: dict[str, Any]) -> Backfi
         poll_interval=options.get("poll_interval", 30.0),
         max_wait=options.get("max_wait"),
     )
-    ref = JobRef.parse(job).with_host(CMLSettings.load().host)
-    plan = plan_backfill(ref, start, end, options["options"], options["order"])
-    outcomes = [WindowOutcome.of(ref, p, WindowResult.PLANNED) for p in plan.windows]
-    return BackfillReport(job_url=ref.page_url, outcomes=outcomes, dry_run=True)
+    settings = CMLSettings.load()
+    if options.get("follow") and not dry_run:
+        settings.require("api_v2_key")
+    ref = JobRef.parse(job).with_host(settings.host)
+    return plan_backfill(ref, start, end, options["options"], options["order"]), mode
 
 
 def run(

@@ -503,6 +503,15 @@ def backfill(
                 backfill_cli.dry_run(job, start, end, options), as_json=as_json
             )
             return
+        settled = backfill_cli.settled(job, start, end, options)
+        if settled is not None:
+            backfill_cli.print_report(settled[0], as_json=as_json)
+            typer.echo(
+                f"Nothing to start: every window's record on {settled[1]} says skip "
+                "(no flow run was created).",
+                err=True,
+            )
+            return
     except CMLError as error:
         fail(error, as_json=as_json)
     except ValueError as error:  # a duration

@@ -30,6 +30,8 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 for _name in [name for name in os.environ if name.startswith("CML_")]:
     del os.environ[_name]  # a developer's own CML settings must not leak into tests
+for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+    os.environ.pop(_name, None)  # nor a developer's Prefect API: tests name their own
 
 
 def pytest_sessionfinish() -> None:
@@ -402,7 +404,7 @@ def record_writes_refused() -> Iterator[None]:
     import httpx
     import respx
 
-    from cml_tasks.prefect.records import OUTCOME_INFIX
+    from cml_tasks.record_layout import OUTCOME_INFIX
 
     with respx.mock(assert_all_called=False) as api:
         refused = httpx.Response(500, json={"exception_message": "Internal Server Error"})

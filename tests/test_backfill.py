@@ -452,7 +452,7 @@ def test_a_window_held_by_a_dead_process_is_unknown_and_resolved_through_v2(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
-    from cml_tasks.prefect.records import outcome_name
+    from cml_tasks.record_layout import outcome_name
     from cml_tasks.window_start import WindowStart
 
     _backfill(emu, "2017-01-01", "2017-02-28")

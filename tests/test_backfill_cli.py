@@ -7,12 +7,18 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
+from subprocess import CompletedProcess
 
+import httpx
 import pytest
+from conftest import PrefectServer, machine_env
 from typer.testing import CliRunner
 
 from cml_tasks.cli import ExitCode, app
 from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator, Fault
+
+Completed = CompletedProcess[str]
 
 
 @pytest.fixture
@@ -88,3 +94,57 @@ def test_outcome_unknown_exit_code_and_table(emu: Emulator) -> None:
     assert "outcome unknown" in result.stdout
     assert "2017-02: outcome unknown" in result.stderr
     assert len(emu.runs()) == 2
+
+
+CML_JOBS = str(Path(sys.executable).with_name("cml-jobs"))
+
+
+def _backfill_on(server: PrefectServer, tmp_path: Path, url: str, *args: str) -> Completed:
+    """`cml-jobs backfill` as a user runs it, on a machine of its own talking to `server`."""
+    env = machine_env(server, tmp_path, "laptop", CML_API_KEY=DEFAULT_V1_KEY)
+    return subprocess.run(
+        [CML_JOBS, "backfill", url, *args],
+        env=env,
+        cwd=tmp_path / "laptop" / "work",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _flow_runs(server: PrefectServer) -> int:
+    with httpx.Client(base_url=server.api_url) as http:
+        count: int = http.post("/flow_runs/count", json={}).raise_for_status().json()
+    return count
+
+
+def test_a_rerun_with_nothing_to_start_asks_only_the_records(
+    prefect_server: PrefectServer, emu: Emulator, tmp_path: Path
+) -> None:
+    url = emu.job_url("alice", "risk-analysis", "208")
+    first = _backfill_on(
+        prefect_server, tmp_path, url, "--from", "2017-01-01", "--to", "2017-03-31"
+    )
+    assert first.returncode == 0, first.stderr
+    flow_runs, requests = _flow_runs(prefect_server), len(emu.requests())
+
+    rerun = _backfill_on(
+        prefect_server, tmp_path, url, "--from", "2017-01-01", "--to", "2017-03-31"
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert "3 windows: 3 skipped" in rerun.stdout
+    assert "2017-02" in rerun.stdout and "engine" in rerun.stdout  # each row says why
+    assert f"Nothing to start: every window's record on {prefect_server.api_url}" in rerun.stderr
+    assert (_flow_runs(prefect_server), len(emu.requests())) == (flow_runs, requests)
+
+    wider = _backfill_on(
+        prefect_server, tmp_path, url, "--from", "2017-01-01", "--to", "2017-04-30"
+    )
+    assert wider.returncode == 0, wider.stderr
+    assert "4 windows: 3 skipped, 1 started" in wider.stdout
+    assert "Nothing to start" not in wider.stderr
+    assert _flow_runs(prefect_server) == flow_runs + 1
+    assert Counter(run["environment"]["START_DATE"] for run in emu.runs()) == Counter(
+        {f"2017-0{m}-01": 1 for m in range(1, 5)}
+    )

@@ -192,7 +192,7 @@ def _starting(server: PrefectServer, job_url: str) -> int:
 
     from cml_tasks.backfill import WindowStatus, job_tag
     from cml_tasks.job import JobRef
-    from cml_tasks.prefect.records import newest_records
+    from cml_tasks.record_layout import newest_records
 
     page = httpx.post(
         f"{server.api_url}/variables/filter",

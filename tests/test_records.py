@@ -49,7 +49,7 @@ def _stored(name: str) -> dict[str, Any] | None:
 
 
 def test_an_outcome_is_created_beside_the_record_never_written_over_it(records: Any) -> None:
-    from cml_tasks.prefect.records import outcome_name
+    from cml_tasks.record_layout import outcome_name
 
     claim = records.claim(KEY, None, _record(WindowStatus.STARTING))
     assert claim is not None
@@ -87,7 +87,7 @@ def test_a_take_over_claims_the_next_attempt_and_its_outcome_wins(records: Any) 
 
 
 def test_forget_deletes_the_record_and_every_outcome(records: Any) -> None:
-    from cml_tasks.prefect.records import outcome_name
+    from cml_tasks.record_layout import outcome_name
 
     with records.claim(KEY, None, _record(WindowStatus.STARTING)) as held:
         held.release(_record(WindowStatus.START_FAILED, error="502"))
@@ -106,7 +106,7 @@ def test_an_outcome_written_by_another_process_is_a_record_error(records: Any) -
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import VariableCreate
 
-    from cml_tasks.prefect.records import outcome_name
+    from cml_tasks.record_layout import outcome_name
 
     claim = records.claim(KEY, None, _record(WindowStatus.STARTING))
     other = _record(WindowStatus.STARTED, engine_id="theirs").model_dump(mode="json")
@@ -122,7 +122,7 @@ def test_an_outcome_whose_answer_was_lost_is_written_once(records: Any) -> None:
     the creation again, which finds the outcome already there, and it is ours."""
     import respx
 
-    from cml_tasks.prefect.records import OUTCOME_INFIX
+    from cml_tasks.record_layout import OUTCOME_INFIX
 
     sent: list[int] = []
 

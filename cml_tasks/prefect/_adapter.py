@@ -12,6 +12,8 @@ from typing import Any
 from prefect.blocks.core import Block
 from prefect.client.orchestration import SyncPrefectClient
 
+from cml_tasks.record_layout import tagged
+
 
 def cancel_requested() -> bool:
     """True once Prefect's runner has told this process it is cancelling the flow run.
@@ -33,7 +35,7 @@ def filter_variables(
     response = client.request(
         "POST",
         "/variables/filter",
-        json={"variables": {"tags": {"all_": [tag]}}, "offset": offset, "limit": limit},
+        json=tagged(tag) | {"offset": offset, "limit": limit},
     )
     page: list[dict[str, Any]] = response.json()
     return page

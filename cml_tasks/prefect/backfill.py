@@ -43,14 +43,13 @@ from cml_tasks.backfill import (
     PlannedWindow,
     Reprocess,
     WindowOutcome,
-    WindowRecord,
     WindowResult,
     WindowStatus,
     check_run_options,
     decide,
-    decide_record,
     job_tag,
     plan_backfill,
+    settled_skip,
 )
 from cml_tasks.errors import (
     BackfillFailed,
@@ -177,7 +176,9 @@ def _run_in_process(
         on_done(_failed_outcome(planned, plan.job, value))
 
     for planned in plan.windows:
-        skipped = _settled_skip(known.get(planned.key), window_arguments)
+        skipped = settled_skip(
+            known.get(planned.key), window_arguments["reprocess"], window_arguments["follow"]
+        )
         if skipped is not None:  # started already: no task run, no request, only its row
             on_done(WindowOutcome.of(plan.job, planned, WindowResult.SKIPPED, reason=skipped))
             continue
@@ -194,16 +195,6 @@ def _run_in_process(
         by_future[future] = planned
     for future in as_completed(list(by_future)):
         collect(future)
-
-
-def _settled_skip(record: WindowRecord | None, window_arguments: dict[str, Any]) -> str | None:
-    """Why a window is skipped without a task run: its record (read with the job's others)
-    is settled and says so - not one that a follow resumes, not one in flight."""
-    if record is None or record.status is WindowStatus.STARTING:
-        return None
-    action, reason = decide_record(record, window_arguments["reprocess"])
-    resumable = window_arguments["follow"] and record.status is WindowStatus.STARTED
-    return reason if action is Action.SKIP and not resumable else None
 
 
 def _dispatch(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +42,12 @@ from cml_tasks.errors import CMLOutcomeUnknown, CMLRecordError
 from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import filter_variables
 from cml_tasks.prefect.api import api_is_shared, prefect_api
+from cml_tasks.record_layout import (
+    CLAIM_PREFIX,
+    PAGE_SIZE,
+    newest_records,
+    outcome_name,
+)
 from cml_tasks.window_start import new_holder
 
 NOT_SHARED = (
@@ -57,28 +63,6 @@ CLOCK_SKEW_SECONDS = 5.0
 """How far two machines' clocks may differ: a lease counts as running this much longer."""
 MAX_ERROR_CHARS = 1000
 """A record's error is cut to this length (a variable holds at most 5,000 characters)."""
-CLAIM_PREFIX = "cml-claim-"
-OUTCOME_INFIX = "-outcome-a"
-PAGE_SIZE = 200
-
-
-def outcome_name(key: str, attempt: int) -> str:
-    """The variable that holds attempt `attempt`'s outcome of window record `key`."""
-    return f"{key}{OUTCOME_INFIX}{attempt}"
-
-
-def newest_records(variables: Iterable[dict[str, Any]]) -> dict[str, WindowRecord]:
-    """Each window's record, by key, from variables as the API lists them (`name`, `value`;
-    claims of take-overs are skipped): the highest attempt, its outcome over its claim."""
-    newest: dict[str, tuple[tuple[int, bool], WindowRecord]] = {}
-    for variable in variables:
-        if variable["name"].startswith(CLAIM_PREFIX):
-            continue
-        record = WindowRecord.model_validate(variable["value"])
-        rank = (record.attempt, variable["name"] != record.key)
-        if record.key not in newest or rank > newest[record.key][0]:
-            newest[record.key] = (rank, record)
-    return {key: record for key, (_, record) in newest.items()}
 
 
 class ServerRecords:
