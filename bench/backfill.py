@@ -34,6 +34,8 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "tests"))
+from _measure import server_cpu  # noqa: E402
+
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cml-bench-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
@@ -58,6 +60,7 @@ class Row:
     baseline: float | None = None
     cpu: float | None = None
     rss_mb: float | None = None
+    server_cpu: float | None = None
     target: str = ""
 
     def cells(self) -> list[str]:
@@ -69,6 +72,7 @@ class Row:
             ratio,
             f"{self.cpu:.1f} s" if self.cpu is not None else "",
             f"{self.rss_mb:.0f} MB" if self.rss_mb is not None else "",
+            f"{self.server_cpu:.1f} s" if self.server_cpu is not None else "",
             self.target,
         ]
 
@@ -103,12 +107,25 @@ def plain_loop(url: str, key: str, starts: list[dict[str, str]], concurrency: in
     return time.perf_counter() - began
 
 
-def command(code: Path, *args: str, env: dict[str, str]) -> tuple[float, float, float, str]:
-    """Run `cml-jobs args` with `code` first on the path: wall s, CPU s, peak RSS MB, stdout."""
+def command(
+    code: Path, *args: str, env: dict[str, str], profile: Path | None = None
+) -> tuple[float, float, float, str]:
+    """Run `cml-jobs args` with `code` first on the path: wall s, CPU s, peak RSS MB, stdout.
+    With `profile`, under py-spy, its samples (raw, collapsed stacks) written there."""
+    spy = [
+        str(Path(sys.executable).with_name("py-spy")),
+        "record",
+        "-f",
+        "raw",
+        "--subprocesses",
+        "-o",
+        str(profile),
+        "--",
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", RUN_CLI, *args],
+        [*(spy if profile else []), sys.executable, "-c", RUN_CLI, *args],
         env={**env, "PYTHONPATH": str(code)},
         cwd=code,  # `python -c` puts the working directory first on the path
         capture_output=True,
@@ -121,7 +138,10 @@ def command(code: Path, *args: str, env: dict[str, str]) -> tuple[float, float, 
         raise SystemExit(f"cml-jobs {' '.join(args)} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     rss = float(done.stderr.rsplit("maxrss_kb=", 1)[1].split()[0]) / 1024
-    return wall, cpu, rss, done.stdout
+    out = done.stdout
+    if profile:  # py-spy says what it sampled on the same stdout
+        out = next(line for line in out.splitlines() if line.startswith("{"))
+    return wall, cpu, rss, out
 
 
 @contextmanager
@@ -153,6 +173,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--follow", type=int, default=0, metavar="N", help="also follow N runs at once (v2)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record each first backfill with py-spy into DIR (slows it: not for timing)",
     )
     args = parser.parse_args()
     c = args.max_concurrency
@@ -190,17 +216,20 @@ def main() -> None:
                         "backfill", url, "--from", first.isoformat(), "--to", last.isoformat(),
                         "--every", every, "--max-concurrency", str(c), "--json",
                     ]  # fmt: skip
-                    wall, cpu, rss, out = command(args.code, *backfill, env=env)
+                    profile = args.profile / f"{db}-{n}.txt" if args.profile else None
+                    served = server_cpu(api_url)
+                    wall, cpu, rss, out = command(args.code, *backfill, env=env, profile=profile)
                     started = len(cml.runs()) - before
                     failures = _failures(out)  # a window that did not start is noted in its row
                     assert started == n or failures, f"{started} runs for {n} windows"
                     figure = f"{db}: {n} {every} windows, C={c}{failures}"
-                    rows.append(Row(figure, wall, baseline, cpu, rss, ""))
-                    time.sleep(RERUN_PAUSE)
+                    time.sleep(RERUN_PAUSE)  # the server's event consumers catch up meanwhile
+                    served = server_cpu(api_url) - served
+                    rows.append(Row(figure, wall, baseline, cpu, rss, served))
                     wall, cpu, rss, out = command(args.code, *backfill, env=env)
                     assert len(cml.runs()) - before == n, "a rerun started a window again"
                     figure = f"{db}: rerun, {n} started windows{_failures(out)}"
-                    rows.append(Row(figure, wall, None, cpu, rss, ""))
+                    rows.append(Row(figure, wall, None, cpu, rss))
                 if args.follow and db == dbs[0]:
                     notes.append(follow(cml, url, args.follow, args.code, env))
     print_table(rows)
@@ -262,7 +291,7 @@ def set_project_limit(api_url: str, size: int) -> None:
 
 
 def print_table(rows: list[Row]) -> None:
-    header = ["figure", "time", "plain loop", "ratio", "CPU", "peak RSS", "target"]
+    header = ["figure", "time", "plain loop", "ratio", "CPU", "peak RSS", "server CPU", "target"]
     table = [header, *(row.cells() for row in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:

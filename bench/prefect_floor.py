@@ -5,8 +5,8 @@
 
 Starts a throwaway `prefect server start` (PostgreSQL or SQLite) and times, at concurrency 8,
 the building blocks a backfill window is made of, each alone: a 100 ms sleep (the plain
-loop's CML call), a Prefect Variable created then updated (a window record's claim and
-release), a global-concurrency slot taken and given back, and a flow of tagged or untagged
+loop's CML call), two Prefect Variables created (a window record's claim and its
+outcome), a global-concurrency slot taken and given back, and a flow of tagged or untagged
 task runs that each sleep 100 ms. For each it prints the wall time and the CPU the Prefect
 server process used (measured from /proc, waiting a few seconds for its event consumers to
 drain). The server's CPU per item is the floor of what a backfill on this machine can reach
@@ -26,50 +26,42 @@ from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _measure import server_cpu
+
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cml-floor-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 CONCURRENCY = 8
-DRAIN_SECONDS = 3.0
-
-
-def server_cpu(port: int) -> float:
-    """CPU seconds used so far by the `prefect server start` process listening on `port`."""
-    total = 0.0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"server" not in cmdline or str(port).encode() not in cmdline:
-                continue
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+DRAIN_SECONDS = 7.0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--items", type=int, default=240)
+    parser.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of the Prefect server, e.g. "
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE=100",
+    )
     args = parser.parse_args()
     n = args.items
 
     from conftest import running_postgres, running_prefect_server
 
     with ExitStack() as stack:
-        extra = {}
+        extra = dict(setting.split("=", 1) for setting in args.server_setting)
         if args.db == "postgresql":
             extra["PREFECT_API_DATABASE_CONNECTION_URL"] = stack.enter_context(running_postgres())
         server = stack.enter_context(running_prefect_server(Path(tempfile.mkdtemp()), **extra))
         os.environ["PREFECT_API_URL"] = server.api_url
-        port = int(server.api_url.rsplit(":", 1)[1].split("/")[0])
 
         from prefect import flow, tags, task
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+        from prefect.client.schemas.actions import VariableCreate
         from prefect.task_runners import ThreadPoolTaskRunner
 
         client = stack.enter_context(get_client(sync_client=True))
@@ -80,10 +72,11 @@ def main() -> None:
                 list(pool.map(one, range(n)))
 
         def record(i: int) -> None:
-            value = {"status": "starting", "holder": "host-1234-abcdef", "attempt": 1}
+            value = {"status": "starting", "holder": "host-1234-abcdef", "attempt": 0}
             client.create_variable(VariableCreate(name=f"floor-{i}", value=value, tags=["cml"]))
             value["status"] = "started"
-            client.update_variable(VariableUpdate(name=f"floor-{i}", value=value))
+            outcome = f"floor-{i}-outcome-a0"
+            client.create_variable(VariableCreate(name=outcome, value=value, tags=["cml"]))
 
         def slot(i: int) -> None:
             answer = client.increment_concurrency_slots_with_lease(
@@ -107,7 +100,7 @@ def main() -> None:
 
         phases: list[tuple[str, Callable[[], object]]] = [
             (f"{n} sleeps of 100 ms (the plain loop)", lambda: in_threads(_sleep)),
-            (f"{n} variables created and updated", lambda: in_threads(record)),
+            (f"{n} records (a claim and an outcome created)", lambda: in_threads(record)),
             (f"{n} slots taken and given back", lambda: in_threads(slot)),
             (f"{n} untagged task runs of 100 ms", lambda: windows(False)),
             (f"{n} tagged task runs of 100 ms", lambda: windows(True)),
@@ -116,11 +109,11 @@ def main() -> None:
         print(f"{'':45}  {'wall':>8}  {'server CPU':>10}  {'per item':>9}")
         for name, run in phases:
             time.sleep(DRAIN_SECONDS)
-            cpu, began = server_cpu(port), time.perf_counter()
+            cpu, began = server_cpu(server.api_url), time.perf_counter()
             run()
             wall = time.perf_counter() - began
             time.sleep(DRAIN_SECONDS)  # the server's event consumers catch up
-            used = server_cpu(port) - cpu
+            used = server_cpu(server.api_url) - cpu
             print(f"{name:45}  {wall:6.2f} s  {used:8.2f} s  {1000 * used / n:6.1f} ms")
 
 

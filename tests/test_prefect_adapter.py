@@ -44,3 +44,20 @@ def test_queued_logs_and_events_are_flushed() -> None:
 
     assert callable(APILogWorker.drain_all) and callable(EventsWorker.drain_all)
     _adapter.flush_to_api(timeout=5)
+
+
+def test_without_client_retries_sets_none_and_builds_its_settings_once() -> None:
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    default = PREFECT_CLIENT_MAX_RETRIES.value()
+    assert default > 0
+    with _adapter.without_client_retries() as first:
+        assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
+    with _adapter.without_client_retries() as second:
+        assert second.settings is first.settings
+    assert PREFECT_CLIENT_MAX_RETRIES.value() == default
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 9}):  # other settings: a new copy
+        with _adapter.without_client_retries() as third:
+            assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
+        assert third.settings is not first.settings
+        assert PREFECT_CLIENT_MAX_RETRIES.value() == 9

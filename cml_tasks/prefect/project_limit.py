@@ -22,10 +22,10 @@ from uuid import UUID
 import httpx
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from cml_tasks.backfill import project_limit_name
 from cml_tasks.job import JobRef
+from cml_tasks.prefect._adapter import without_client_retries
 from cml_tasks.prefect.api import prefect_api
 from cml_tasks.reconcile import Log
 
@@ -212,7 +212,7 @@ def _acquire(kept: _KeptSlots, log: Log, what: str) -> _Lease:
         if (lease := kept.take()) is not None:
             return lease
         try:
-            with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+            with without_client_retries():
                 answer = client.increment_concurrency_slots_with_lease(
                     names=[name], slots=1, mode="concurrency", lease_duration=SLOT_LEASE_SECONDS
                 )
