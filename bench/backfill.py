@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "tests"))
-from _measure import server_cpu  # noqa: E402
+from _shared import add_server_settings, server_cpu  # noqa: E402
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cml-bench-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -163,14 +163,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, nargs="*", default=[240, 1000])
     parser.add_argument("--max-concurrency", type=int, default=8)
     parser.add_argument("--code", type=Path, default=REPOSITORY, help="checkout to measure")
-    parser.add_argument(
-        "--server-setting",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="environment of the Prefect server, e.g. "
-        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE=100",
-    )
+    add_server_settings(parser)
     parser.add_argument(
         "--follow", type=int, default=0, metavar="N", help="also follow N runs at once (v2)"
     )

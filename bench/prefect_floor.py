@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _measure import server_cpu
+from _shared import add_server_settings, server_cpu
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cml-floor-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -39,14 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--items", type=int, default=240)
-    parser.add_argument(
-        "--server-setting",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="environment of the Prefect server, e.g. "
-        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE=100",
-    )
+    add_server_settings(parser)
     args = parser.parse_args()
     n = args.items
 

@@ -1,7 +1,8 @@
-"""What the benchmarks read from the machine itself."""
+"""What the benchmarks share: the server settings option, the server's CPU."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -22,3 +23,15 @@ def server_cpu(api_url: str) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def add_server_settings(parser: argparse.ArgumentParser) -> None:
+    """`--server-setting NAME=VALUE` (repeatable): the environment of the Prefect server."""
+    parser.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of the Prefect server, e.g. "
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE=100",
+    )
