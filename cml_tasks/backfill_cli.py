@@ -44,11 +44,11 @@ def settled(
     """The report of a rerun with nothing to start (every window's record says skip), read
     from the Prefect API without importing Prefect, and where it was read; None when a flow
     run is needed, or when the records cannot be read this way (the flow reads them again).
-    Raises what the flow would for bad input, before any request."""
-    plan, mode = _checked_plan(job, start, end, options, dry_run=False)
+    Raises what the flow would for bad input, before its request."""
     api = prefect_api_from_settings()
-    if api is None:
+    if api is None:  # the flow plans and checks
         return None
+    plan, mode = _checked_plan(job, start, end, options, dry_run=False)
     try:
         records = job_records(api, job_tag(plan.job), at_least=len(plan.windows))
     except (httpx.HTTPError, ValueError):

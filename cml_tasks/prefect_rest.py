@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from cml_tasks.backfill import WindowRecord
-from cml_tasks.record_layout import PAGE_SIZE, newest_records, tagged
+from cml_tasks.record_layout import listed_records, tagged
 
 _NOT_FOLLOWED = (
     "PREFECT_API_TLS_INSECURE_SKIP_VERIFY",
@@ -89,15 +89,15 @@ def job_records(api: PrefectAPI, tag: str, *, at_least: int) -> dict[str, Window
         count = _json(http.post("/variables/count", json=tagged(tag)))
         if not isinstance(count, int) or count < at_least:
             return None
-        variables: list[dict[str, Any]] = []
-        while True:
-            body = tagged(tag) | {"offset": len(variables), "limit": PAGE_SIZE}
-            page = _json(http.post("/variables/filter", json=body))
-            if not isinstance(page, list):
-                raise ValueError(f"/variables/filter answered {type(page).__name__}, not a list")
-            variables += page
-            if len(page) < PAGE_SIZE:
-                return newest_records(variables)
+
+        def page(offset: int, limit: int) -> list[dict[str, Any]]:
+            body = tagged(tag) | {"offset": offset, "limit": limit}
+            found = _json(http.post("/variables/filter", json=body))
+            if not isinstance(found, list):
+                raise ValueError(f"/variables/filter answered {type(found).__name__}, not a list")
+            return found
+
+        return listed_records(page)
 
 
 def _json(response: httpx.Response) -> Any:

@@ -8,10 +8,10 @@ Per window: the record `cml-backfill-<id>` (the first claim), one outcome per se
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from cml_tasks.backfill import WindowRecord
+from cml_tasks.backfill import KEY_PREFIX, WindowRecord
 
 CLAIM_PREFIX = "cml-claim-"
 OUTCOME_INFIX = "-outcome-a"
@@ -22,6 +22,11 @@ PAGE_SIZE = 200
 def outcome_name(key: str, attempt: int) -> str:
     """The variable that holds attempt `attempt`'s outcome of window record `key`."""
     return f"{key}{OUTCOME_INFIX}{attempt}"
+
+
+def claim_name(key: str, attempt: int) -> str:
+    """The variable that claims attempt `attempt` of window record `key` for a take-over."""
+    return f"{CLAIM_PREFIX}{key.removeprefix(KEY_PREFIX)}-a{attempt}"
 
 
 def tagged(tag: str) -> dict[str, Any]:
@@ -41,3 +46,17 @@ def newest_records(variables: Iterable[dict[str, Any]]) -> dict[str, WindowRecor
         if record.key not in newest or rank > newest[record.key][0]:
             newest[record.key] = (rank, record)
     return {key: record for key, (_, record) in newest.items()}
+
+
+Page = Callable[[int, int], list[dict[str, Any]]]
+"""One page of a job's variables as the API lists them, by (offset, limit)."""
+
+
+def listed_records(page: Page) -> dict[str, WindowRecord]:
+    """Each window's record (`newest_records`) from every page that `page` gives."""
+    variables: list[dict[str, Any]] = []
+    while True:
+        found = page(len(variables), PAGE_SIZE)
+        variables += found
+        if len(found) < PAGE_SIZE:
+            return newest_records(variables)

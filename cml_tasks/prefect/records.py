@@ -42,12 +42,7 @@ from cml_tasks.errors import CMLOutcomeUnknown, CMLRecordError
 from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import filter_variables
 from cml_tasks.prefect.api import api_is_shared, prefect_api
-from cml_tasks.record_layout import (
-    CLAIM_PREFIX,
-    PAGE_SIZE,
-    newest_records,
-    outcome_name,
-)
+from cml_tasks.record_layout import claim_name, listed_records, outcome_name
 from cml_tasks.window_start import new_holder
 
 NOT_SHARED = (
@@ -101,14 +96,10 @@ class ServerRecords:
     def records(self, tag: str) -> list[WindowRecord]:
         """Every record tagged `tag` (a job's: `job_tag`), each as `read` gives it, in no
         particular order."""
-        variables: list[dict[str, Any]] = []
-        offset = 0
-        while True:
-            page = filter_variables(self.client, tag=tag, offset=offset, limit=PAGE_SIZE)
-            variables += page
-            if len(page) < PAGE_SIZE:
-                return list(newest_records(variables).values())
-            offset += PAGE_SIZE
+        listed = listed_records(
+            lambda offset, limit: filter_variables(self.client, tag=tag, offset=offset, limit=limit)
+        )
+        return list(listed.values())
 
     def forget(self, key: str) -> bool:
         """Delete a window's record (it becomes "not started"); False if it had none.
@@ -127,7 +118,7 @@ class ServerRecords:
         """Claim the record's next attempt, then check the record is still `seen`."""
         attempt = seen.attempt + 1
         while True:
-            name = f"{CLAIM_PREFIX}{key.removeprefix('cml-backfill-')}-a{attempt}"
+            name = claim_name(key, attempt)
             try:
                 self.client.create_variable(
                     VariableCreate(
