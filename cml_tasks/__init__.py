@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from cml_tasks._version import __version__
 
 if TYPE_CHECKING:
     from cml_tasks._retry import RetryPolicy, set_testing
@@ -24,20 +24,22 @@ if TYPE_CHECKING:
         CMLProtocolError,
         CMLRecordError,
         CMLRequestRejected,
-        CMLRunError,
-        CMLRunFailed,
-        CMLRunSkipped,
-        CMLRunStopped,
-        CMLRunTimedOut,
         CMLServerError,
         CMLThrottled,
         CMLTLSError,
         CMLTransportError,
         CMLWaitCancelled,
-        CMLWaitTimeout,
     )
     from cml_tasks.job import JobRef
     from cml_tasks.models import JobRun, RunPage, StartedRun
+    from cml_tasks.run_errors import (
+        CMLRunError,
+        CMLRunFailed,
+        CMLRunSkipped,
+        CMLRunStopped,
+        CMLRunTimedOut,
+        CMLWaitTimeout,
+    )
     from cml_tasks.run_status import RunStatus
     from cml_tasks.settings import CMLSettings
 
@@ -52,6 +54,17 @@ _HOMES = {
     "StartedRun": "models",
     "RunStatus": "run_status",
     "CMLSettings": "settings",
+    **dict.fromkeys(
+        [
+            "CMLRunError",
+            "CMLRunFailed",
+            "CMLRunSkipped",
+            "CMLRunStopped",
+            "CMLRunTimedOut",
+            "CMLWaitTimeout",
+        ],
+        "run_errors",
+    ),
 }
 """Where each public name lives: imported on first use, so `cml-jobs --help` and the errors
 load no httpx or pydantic."""

@@ -14,7 +14,9 @@ a :class:`WindowOutcome` with its :class:`WindowResult` is the window's row of t
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
@@ -151,15 +153,19 @@ class BackfillPlan(BaseModel):
     windows: list[PlannedWindow]
 
 
-def window_key(job: JobRef, window: Window) -> str:
+def window_key(job: JobRef, window: Window, extra: Mapping[str, str] | None = None) -> str:
     """The record key of "this job, this window": stable across runs, machines and renderings.
 
-    The job must have its host resolved: the same path on two workspaces is two jobs.
+    `extra` is a pipeline step's own environment: a step with some is its own (step, window);
+    one without shares the plain job's record. The job must have its host resolved: the same
+    path on two workspaces is two jobs.
     """
     if job.host is None:
         raise CMLInputError(f"No CML host for job {job.slug}: give its full page URL")
     parts = ("v1", job.host, job.username, job.project, job.job_id)
     identity = "\n".join((*parts, window.start.isoformat(), window.end.isoformat()))
+    if extra:
+        identity += "\n" + json.dumps(sorted(extra.items()))
     return KEY_PREFIX + hashlib.sha256(identity.encode()).hexdigest()[:40]
 
 
@@ -233,10 +239,16 @@ def check_run_options(
 
 
 def decide(
-    status: WindowStatus | None, reprocess: Reprocess, detail: str = ""
+    status: WindowStatus | None,
+    reprocess: Reprocess,
+    detail: str = "",
+    *,
+    retry_failed: bool = False,
 ) -> tuple[Action, str]:
     """Whether to start a window, given the status of its record (None: no record), and why
     (shown in the UI and the report). `detail` says where the status comes from.
+    `retry_failed`: a failed run is started again under `missing` too (a pipeline's step:
+    everything that has not succeeded is still to do).
 
     A start that may have happened (`starting` left by a killed process, `outcome_unknown`) is
     never started again blindly: `UNKNOWN` means "ask CML first" (API v2: adopt the run if it
@@ -255,14 +267,17 @@ def decide(
         )
     if status is WindowStatus.START_FAILED:
         return Action.START, f"previous start failed: {detail}"
-    if status is WindowStatus.RUN_FAILED and reprocess is Reprocess.FAILED:
+    if status is WindowStatus.RUN_FAILED and (reprocess is Reprocess.FAILED or retry_failed):
         return Action.START, f"previous run failed: {detail}"
     return Action.SKIP, f"already {status.replace('_', ' ')}" + (f" ({detail})" if detail else "")
 
 
-def decide_record(record: WindowRecord | None, reprocess: Reprocess) -> tuple[Action, str]:
+def decide_record(
+    record: WindowRecord | None, reprocess: Reprocess, *, retry_failed: bool = False
+) -> tuple[Action, str]:
     """`decide` for a window's record."""
-    return decide(None if record is None else record.status, reprocess, _detail(record))
+    status = None if record is None else record.status
+    return decide(status, reprocess, _detail(record), retry_failed=retry_failed)
 
 
 def settled_skip(record: WindowRecord | None, reprocess: Reprocess, follow: bool) -> str | None:

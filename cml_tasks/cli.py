@@ -25,8 +25,8 @@ from cml_tasks.errors import (
     CMLOutcomeUnknown,
     CMLProtocolError,
     CMLRequestRejected,
-    CMLRunError,
 )
+from cml_tasks.run_errors import CMLRunError
 from cml_tasks.run_status import RunStatus
 
 if TYPE_CHECKING:
@@ -71,12 +71,12 @@ app = typer.Typer(
 
 
 def exit_code_for(error: CMLError) -> ExitCode:
-    from cml_tasks.errors import (
+    from cml_tasks.errors import CMLWaitCancelled
+    from cml_tasks.run_errors import (
         CMLRunFailed,
         CMLRunSkipped,
         CMLRunStopped,
         CMLRunTimedOut,
-        CMLWaitCancelled,
         CMLWaitTimeout,
     )
 

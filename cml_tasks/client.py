@@ -23,7 +23,6 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from cml_tasks import __version__
 from cml_tasks._http import (
     LIST_PAGE,
     ONE_OBJECT,
@@ -35,6 +34,7 @@ from cml_tasks._http import (
 )
 from cml_tasks._retry import RetryPolicy
 from cml_tasks._text import has_unsafe, printable
+from cml_tasks._version import __version__
 from cml_tasks.environment import validate_environment
 from cml_tasks.errors import (
     CMLConfigError,

@@ -28,18 +28,17 @@ from datetime import timedelta
 
 from cml_tasks._retry import NO_RETRY, RetryPolicy, is_retryable
 from cml_tasks.client import AsyncCMLClient, CMLClient
-from cml_tasks.errors import (
-    CMLError,
+from cml_tasks.errors import CMLError, CMLWaitCancelled
+from cml_tasks.job import JobRef
+from cml_tasks.models import JobRun
+from cml_tasks.run_errors import (
     CMLRunError,
     CMLRunFailed,
     CMLRunSkipped,
     CMLRunStopped,
     CMLRunTimedOut,
-    CMLWaitCancelled,
     CMLWaitTimeout,
 )
-from cml_tasks.job import JobRef
-from cml_tasks.models import JobRun
 from cml_tasks.run_status import RunStatus
 
 logger = logging.getLogger("cml_tasks.waiting")

@@ -99,6 +99,8 @@ class WindowStart:
     seen_is_current: bool = False
     """`seen` was read just now: `check` need not read it again (a stale one only costs a
     failed claim and a second read)."""
+    retry_failed: bool = False
+    """A failed run is started again under `missing` too (a pipeline's step)."""
 
     def check(self) -> WindowOutcome | None:
         """The window's outcome if there is nothing to start (skipped); None to go on.
@@ -109,7 +111,7 @@ class WindowStart:
         if not self.seen_is_current or stale:  # a start then in flight has moved on since
             self.seen = self.records.read(self.planned.key)
         self.seen = self._settled(self.seen)
-        action, reason = decide_record(self.seen, self.reprocess)
+        action, reason = self._decide(self.seen)
         if action is Action.UNKNOWN and not self.can_reconcile:
             raise self._unknown(reason)
         if action is Action.SKIP and not self._resumable(self.seen):
@@ -123,7 +125,7 @@ class WindowStart:
         """
         record = self.seen
         for _ in range(CLAIM_ROUNDS):
-            action, reason = decide_record(record, self.reprocess)
+            action, reason = self._decide(record)
             if self._resumable(record) and action is Action.SKIP:
                 assert record is not None and record.engine_id is not None
                 run = client.get_run(self.job, record.engine_id)
@@ -357,6 +359,9 @@ class WindowStart:
             record = self.records.read(self.planned.key)
         return record
 
+    def _decide(self, record: WindowRecord | None) -> tuple[Action, str]:
+        return decide_record(record, self.reprocess, retry_failed=self.retry_failed)
+
     def _resumable(self, record: WindowRecord | None) -> bool:
         """With follow, a window recorded `started` with a run id is followed to its end."""
         return (
@@ -367,8 +372,18 @@ class WindowStart:
         )
 
     def _skipped(self, reason: str) -> WindowOutcome:
+        """Skipped, with the run its record names (a grid links it)."""
         self.log.info("Skipping %s: %s", self.planned.label, reason)
-        return WindowOutcome.of(self.job, self.planned, WindowResult.SKIPPED, reason=reason)
+        seen = self.seen
+        return WindowOutcome.of(
+            self.job,
+            self.planned,
+            WindowResult.SKIPPED,
+            reason=reason,
+            engine_id=seen.engine_id if seen else None,
+            run_url=seen.run_url if seen else None,
+            run_status=seen.run_status if seen else None,
+        )
 
     def _unknown(self, reason: str) -> CMLOutcomeUnknown:
         return CMLOutcomeUnknown(

@@ -25,7 +25,7 @@ ENV = {"CML_API_KEY": DEFAULT_V1_KEY, "CML_API_V2_KEY": DEFAULT_V2_KEY}
 @pytest.fixture(scope="module")
 def cml() -> Iterator[Emulator]:
     data = default_config(time_scale=0.1).model_dump()
-    skipped = {"id": "212", "name": "Skipped one", "outcome": "skipped"}
+    skipped = {"id": "214", "name": "Skipped one", "outcome": "skipped"}
     data["projects"][0]["jobs"] = [*data["projects"][0]["jobs"], skipped]
     with Emulator(EmulatorConfig.model_validate(data)) as emu:
         yield emu
@@ -42,7 +42,7 @@ def invoke(*args: str) -> tuple[int, str]:
         ("208", ExitCode.OK),
         ("209", ExitCode.RUN_FAILED),
         ("210", ExitCode.RUN_TIMED_OUT),
-        ("212", ExitCode.RUN_SKIPPED),
+        ("214", ExitCode.RUN_SKIPPED),
     ],
 )
 def test_start_wait_exits_with_the_outcome(cml: Emulator, job_id: str, code: int) -> None:
@@ -84,9 +84,9 @@ def test_missing_v2_key_is_bad_input(cml: Emulator) -> None:
 
 
 def test_a_stopped_run_has_its_own_code() -> None:
-    from cml_tasks.errors import CMLRunStopped
     from cml_tasks.job import JobRef
     from cml_tasks.models import JobRun, RunStatus
+    from cml_tasks.run_errors import CMLRunStopped
 
     run = JobRun(id="r1", job=JobRef.parse("https://h/a/p/jobs/1"), status=RunStatus.STOPPED)
     assert exit_code_for(CMLRunStopped("stopped", run=run)) == ExitCode.RUN_STOPPED

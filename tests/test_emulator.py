@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from cml_tasks.emulator import (
     Emulator,
     EmulatorConfig,
     Fault,
+    OutcomeRule,
     default_config,
     load_config,
 )
@@ -450,11 +452,11 @@ def test_v2_jobs_paging(client: httpx.Client) -> None:
         pages += 1
         if not token:
             break
-    assert seen == ["208", "209", "210", "211"]
+    assert seen == ["208", "209", "210", "211", "212", "213"]
     assert pages == 2
 
     default_page = client.get(JOBS, headers=ALICE).json()
-    assert len(default_page["jobs"]) == 4
+    assert len(default_page["jobs"]) == 6
     assert default_page["next_page_token"] == ""
     by_name = client.get(JOBS, headers=ALICE, params={"sort": "-name"}).json()
     assert [j["name"] for j in by_name["jobs"]] == sorted(
@@ -859,6 +861,173 @@ def test_job_overview_page(emu: Emulator, client: httpx.Client) -> None:
     assert page.status_code == 200
     assert "Monthly risk report" in page.text
     assert client.get(emu.job_url("alice", "risk-analysis", "999")).status_code == 404
+
+
+# --- per-run outcomes and durations -------------------------------------------------------------
+
+START_212 = "/api/v1/projects/alice/risk-analysis/jobs/212/start"
+
+
+def with_job(job_id: str, **changes: Any) -> EmulatorConfig:
+    """The fast default world with alice's job ``job_id`` changed (validated like a file)."""
+    config = default_config(time_scale=0.05).model_dump()
+    [job] = [j for j in config["projects"][0]["jobs"] if j["id"] == job_id]
+    job.update(changes)
+    return EmulatorConfig.model_validate(config)
+
+
+def final_run(client: httpx.Client, run_id: str, job_id: str) -> dict[str, Any]:
+    wait_for(lambda: get_run(client, run_id, job_id)["status"] in TERMINAL)
+    return get_run(client, run_id, job_id)
+
+
+def running_time(run: dict[str, Any]) -> float:
+    """Seconds from ``running_at`` to ``finished_at``."""
+    started, finished = (
+        datetime.fromisoformat(run[k].replace("Z", "+00:00")) for k in ("running_at", "finished_at")
+    )
+    return (finished - started).total_seconds()
+
+
+def test_outcome_rule_fails_only_the_matching_window() -> None:
+    config = with_job(
+        "212",
+        outcomes=[
+            OutcomeRule(when={"START_DATE": "2017-03-01"}, outcome="failed"),
+            OutcomeRule(when={"END_DATE": "2017-03-31"}, outcome="skipped"),  # never reached
+        ],
+    )
+    march = {"START_DATE": "2017-03-01", "END_DATE": "2017-03-31"}
+    april = {"START_DATE": "2017-04-01", "END_DATE": "2017-04-30"}
+    with Emulator(config) as emu, httpx.Client(base_url=emu.url, timeout=5) as client:
+        failed = start_v1(client, {"environment": march}, START_212).json()["engine_id"]
+        ok = start_v1(client, {"environment": april}, START_212).json()["engine_id"]
+        v2 = create_run(client, "212", {"environment": {"START_DATE": "2017-03-01"}})["id"]
+        plain = create_run(client, "212")["id"]
+
+        assert final_run(client, failed, "212")["status"] == "ENGINE_FAILED"
+        assert final_run(client, ok, "212")["status"] == "ENGINE_SUCCEEDED"
+        assert final_run(client, v2, "212")["status"] == "ENGINE_FAILED"
+        assert final_run(client, plain, "212")["status"] == "ENGINE_SUCCEEDED"
+        statuses = {r["id"]: r["status"] for r in emu.runs()}
+    assert statuses[failed] == "ENGINE_FAILED"
+    assert statuses[ok] == "ENGINE_SUCCEEDED"
+
+
+def test_outcome_rule_running_seconds_still_meets_the_timeout() -> None:
+    config = with_job(
+        "212",
+        timeout_seconds=6,
+        outcomes=[
+            {"when": {"START_DATE": "2017-03-01"}, "outcome": "succeeded", "running_seconds": 4},
+            {"when": {"START_DATE": "2017-04-01"}, "outcome": "succeeded", "running_seconds": 20},
+        ],
+    )
+    with Emulator(config) as emu, httpx.Client(base_url=emu.url, timeout=5) as client:
+        runs = {
+            month: create_run(client, "212", {"environment": {"START_DATE": month}})["id"]
+            for month in ("2017-03-01", "2017-04-01", "2017-05-01")
+        }
+        march, april, may = (final_run(client, runs[m], "212") for m in sorted(runs))
+
+    assert march["status"] == "ENGINE_SUCCEEDED"
+    assert running_time(march) == pytest.approx(4 * 0.05, abs=1e-3)
+    assert april["status"] == "ENGINE_TIMEDOUT"
+    assert running_time(april) == pytest.approx(6 * 0.05, abs=1e-3)
+    assert may["status"] == "ENGINE_SUCCEEDED"  # no rule: the job's own 1 s
+    assert running_time(may) == pytest.approx(1 * 0.05, abs=1e-3)
+
+
+OUTCOMES_TOML = """
+[[users]]
+username = "alice"
+name = "Alice"
+email = "alice@example.com"
+v1_key = "alice-v1"
+v2_key = "alice-v2"
+
+[[projects]]
+id = "p1"
+owner = "alice"
+name = "risk-analysis"
+
+[[projects.jobs]]
+id = "211"
+name = "Prepare"
+
+[[projects.jobs]]
+id = "212"
+name = "Train"
+running_seconds = 2.5
+
+[[projects.jobs.outcomes]]
+when = {START_DATE = "2017-03-01"}
+outcome = "failed"
+running_seconds = 0.5
+"""
+
+
+def test_outcome_rules_from_toml(tmp_path: Path) -> None:
+    config_file = tmp_path / "emulator.toml"
+    config_file.write_text(OUTCOMES_TOML)
+    job = load_config(config_file).projects[0].jobs[1]
+    assert job.running_seconds == 2.5
+    assert job.outcomes == (
+        OutcomeRule(when={"START_DATE": "2017-03-01"}, outcome="failed", running_seconds=0.5),
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "mentions"),
+    [
+        (('{START_DATE = "2017-03-01"}', "{}"), "at least one environment variable"),
+        (('{START_DATE = "2017-03-01"}', "{START_DATE = 2017-03-01}"), "when.START_DATE"),
+        (('outcome = "failed"', 'outcome = "exploded"'), "outcomes[0].outcome"),
+        (("running_seconds = 0.5", "running_seconds = -1"), "outcomes[0].running_seconds"),
+        (("running_seconds = 0.5", "colour = 1"), "outcomes[0].colour"),
+    ],
+)
+def test_bad_outcome_rule_names_the_field(
+    tmp_path: Path, change: tuple[str, str], mentions: str
+) -> None:
+    config_file = tmp_path / "emulator.toml"
+    config_file.write_text(OUTCOMES_TOML.replace(*change))
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file)
+    assert mentions in str(caught.value)
+    assert "projects[0].jobs[1].outcomes[0]" in str(caught.value)
+
+
+def test_empty_when_is_refused_from_python() -> None:
+    with pytest.raises(ValueError, match="at least one environment variable"):
+        OutcomeRule(when={}, outcome="failed")
+
+
+def test_set_outcomes_fixes_a_job_for_its_next_runs() -> None:
+    march = {"environment": {"START_DATE": "2017-03-01"}}
+    rule = OutcomeRule(when={"START_DATE": "2017-03-01"}, outcome="failed")
+    with (
+        Emulator(default_config(time_scale=0.05)) as emu,
+        httpx.Client(base_url=emu.url, timeout=5) as client,
+    ):
+        emu.set_outcomes("212", [rule])
+        broken = create_run(client, "212", march)["id"]
+        assert final_run(client, broken, "212")["status"] == "ENGINE_FAILED"
+
+        emu.set_outcomes("212", [])  # fixed: the job's own outcome again
+        rerun = create_run(client, "212", march)["id"]
+        assert final_run(client, rerun, "212")["status"] == "ENGINE_SUCCEEDED"
+        assert get_run(client, broken, "212")["status"] == "ENGINE_FAILED"  # history kept
+
+        emu.set_outcomes("209", outcome="succeeded")  # 209 fails in the config
+        assert final_run(client, create_run(client, "209")["id"], "209")["status"] == (
+            "ENGINE_SUCCEEDED"
+        )
+
+    with pytest.raises(ValueError, match="no job '999'"):
+        emu.set_outcomes("999", outcome="failed")
+    with pytest.raises(ValueError, match="no job '208' in project"):
+        emu.set_outcomes("208", outcome="failed", project_id=BOB_PROJECT_ID)
 
 
 # --- config --------------------------------------------------------------------------------------

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator, default_config
+from cml_tasks.emulator import (
+    DEFAULT_PROJECT_ID,
+    DEFAULT_V1_KEY,
+    DEFAULT_V2_KEY,
+    Emulator,
+    default_config,
+)
 from cml_tasks.emulator._config import JobConfig
 
 START = "/api/v1/projects/alice/risk-analysis/jobs/{job}/start"
@@ -143,10 +149,68 @@ def test_every_text_is_escaped(http: httpx.Client) -> None:
     for page in (job_page, run_page):
         assert page.status_code == 200
         assert "<script>" not in page.text and "<x>" not in page.text
-        assert "&lt;script&gt;alert(&#x27;job&#x27;)&lt;/script&gt; &amp; co" in page.text
+        assert "&lt;script&gt;alert(&#39;job&#39;)&lt;/script&gt; &amp; co" in page.text
     assert "<img" not in run_page.text
     assert "&lt;/code&gt;&lt;img src=x onerror=alert(1)&gt;&amp;amp;" in run_page.text
     assert "<code>&lt;x&gt;.py</code>" in run_page.text
+    assert "<code>&lt;x&gt;.py</code>" in job_page.text
+    assert "<a href='/alice/risk-analysis/jobs/666'>&lt;script&gt;" in run_page.text
+    assert "<title>&lt;script&gt;alert(" in job_page.text and "<h1>&lt;script&gt;" in job_page.text
+    assert f"<title>Run {run_id} - &lt;script&gt;" in run_page.text
+    assert f"<h1>Run {run_id} of &lt;script&gt;" in run_page.text
+
+
+def test_a_script_tag_in_the_environment_or_arguments_is_shown_as_text(http: httpx.Client) -> None:
+    run_id = start(http, "208", {"TAG": "<script>alert(1)</script>"})
+    page = http.get(f"/alice/risk-analysis/jobs/208/runs/{run_id}")
+    assert page.status_code == 200 and "<script>" not in page.text
+    assert (
+        "<tr><td><code>TAG</code></td>"
+        "<td><code>&lt;script&gt;alert(1)&lt;/script&gt;</code></td></tr>" in page.text
+    )
+    answer = http.post(
+        f"/api/v2/projects/{DEFAULT_PROJECT_ID}/jobs/208/runs",
+        json={"arguments": "--note '<script>'"},
+        headers={"Authorization": f"Bearer {DEFAULT_V2_KEY}"},
+    )
+    assert answer.status_code == 200, answer.text
+    page = http.get(f"/alice/risk-analysis/jobs/208/runs/{answer.json()['id']}")
+    assert page.status_code == 200 and "<script>" not in page.text
+    assert (
+        "<tr><th>Arguments</th><td><code>--note &#39;&lt;script&gt;&#39;</code></td></tr>"
+        in page.text
+    )
+
+
+def test_a_404_page_shows_the_requested_names_escaped(http: httpx.Client) -> None:
+    page = http.get("/alice/risk-analysis/jobs/208/runs/%3Cscript%3E")
+    assert page.status_code == 404 and is_html(page)
+    assert "<title>Not found</title>" in page.text
+    assert "<p>No run &lt;script&gt; of job 208 in project alice/risk-analysis.</p>" in page.text
+    page = http.get("/%3Cb%3E/risk-analysis/jobs/%3Ci%3E")
+    assert page.status_code == 404 and "<b>" not in page.text and "<i>" not in page.text
+    assert "<p>No job &lt;i&gt; in project &lt;b&gt;/risk-analysis.</p>" in page.text
+
+
+def test_every_page_has_the_layout(emu: Emulator, http: httpx.Client) -> None:
+    run_id = start(http, "208", {})
+    for path in (
+        "/alice/risk-analysis/jobs/208",
+        f"/alice/risk-analysis/jobs/208/runs/{run_id}",
+        "/alice/risk-analysis/jobs/999",
+    ):
+        page = http.get(path)
+        assert is_html(page), path
+        assert "<header>Cloudera Machine Learning (emulator)</header>" in page.text
+        assert "<style>" in page.text and ".status { font-weight: bold; }" in page.text
+        assert page.text.endswith("</body></html>\n")
+
+
+def test_the_job_page_lists_at_most_50_runs(http: httpx.Client) -> None:
+    started = [start(http, "209", {}) for _ in range(52)]
+    page = http.get("/alice/risk-analysis/jobs/209")
+    links = re.findall(r"<a href='/alice/risk-analysis/jobs/209/runs/(\w+)'>\1</a>", page.text)
+    assert links == started[::-1][:50]
 
 
 def test_pages_are_get_only_and_need_no_key(http: httpx.Client) -> None:

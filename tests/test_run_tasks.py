@@ -16,9 +16,9 @@ from cml_tasks.emulator import (
     Fault,
     default_config,
 )
-from cml_tasks.errors import CMLRunFailed, CMLRunTimedOut, CMLWaitTimeout
 from cml_tasks.models import JobRun
 from cml_tasks.prefect.tasks import arun_cml_job, follow_cml_run, run_cml_job, start_cml_job
+from cml_tasks.run_errors import CMLRunFailed, CMLRunTimedOut, CMLWaitTimeout
 from cml_tasks.run_status import RunStatus
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -28,7 +28,7 @@ SETTINGS = CMLSettings.load(host=None, api_key=DEFAULT_V1_KEY, api_v2_key=DEFAUL
 @pytest.fixture(scope="module")
 def cml() -> Iterator[Emulator]:
     data = default_config(time_scale=0.1).model_dump()
-    skipped = {"id": "212", "name": "Skipped one", "outcome": "skipped"}
+    skipped = {"id": "214", "name": "Skipped one", "outcome": "skipped"}
     data["projects"][0]["jobs"] = [*data["projects"][0]["jobs"], skipped]
     with Emulator(EmulatorConfig.model_validate(data)) as emu:
         yield emu
@@ -38,7 +38,7 @@ def cml() -> Iterator[Emulator]:
     ("job_id", "state_type", "state_name", "error"),
     [
         ("208", "COMPLETED", "Completed", None),
-        ("212", "COMPLETED", "Skipped", None),
+        ("214", "COMPLETED", "Skipped", None),
         ("209", "FAILED", "Failed", CMLRunFailed),
         ("210", "FAILED", "Failed", CMLRunTimedOut),
     ],

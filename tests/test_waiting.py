@@ -12,15 +12,15 @@ import pytest
 
 from cml_tasks import AsyncCMLClient, CMLClient, CMLSettings, RetryPolicy
 from cml_tasks.emulator import DEFAULT_V2_KEY, Emulator, EmulatorConfig, Fault, default_config
-from cml_tasks.errors import (
+from cml_tasks.errors import CMLWaitCancelled
+from cml_tasks.models import JobRun
+from cml_tasks.run_errors import (
     CMLRunFailed,
     CMLRunSkipped,
     CMLRunStopped,
     CMLRunTimedOut,
-    CMLWaitCancelled,
     CMLWaitTimeout,
 )
-from cml_tasks.models import JobRun
 from cml_tasks.run_status import RunStatus
 from cml_tasks.waiting import RunPoller, async_wait_for_run, raise_for_status, wait_for_run
 
@@ -32,7 +32,7 @@ RETRY = RetryPolicy(attempts=2, timeout=2, wait_initial=0.01, wait_max=0.02)
 def world() -> EmulatorConfig:
     """The default jobs, plus one whose runs are skipped."""
     data = default_config(time_scale=0.2).model_dump()
-    skipped = {"id": "212", "name": "Skipped one", "outcome": "skipped"}
+    skipped = {"id": "214", "name": "Skipped one", "outcome": "skipped"}
     data["projects"][0]["jobs"] = [*data["projects"][0]["jobs"], skipped]
     return EmulatorConfig.model_validate(data)
 
@@ -68,7 +68,7 @@ def requests_to(emu: Emulator, endpoint: str, since: int = 0) -> list[str]:
         ("208", RunStatus.SUCCEEDED, None),
         ("209", RunStatus.FAILED, CMLRunFailed),
         ("210", RunStatus.TIMEDOUT, CMLRunTimedOut),
-        ("212", RunStatus.SKIPPED, CMLRunSkipped),
+        ("214", RunStatus.SKIPPED, CMLRunSkipped),
     ],
 )
 def test_each_outcome(

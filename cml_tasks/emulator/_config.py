@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._faults import Fault
 
@@ -55,11 +56,45 @@ class TeamConfig(_Model):
     members: tuple[str, ...] = ()
 
 
+Outcome = Literal["succeeded", "failed", "timedout", "skipped"]
+"""How a run ends if nobody stops it (API v2 ``ENGINE_<OUTCOME>``)."""
+
+
+class OutcomeRule(_Model):
+    """How a job's runs end when started with certain environment values: so one window of a
+    pipeline (say ``START_DATE=2017-03-01``) can fail while the job's other runs succeed.
+
+    ``when`` must ALL equal the run's own environment (the ``environment`` its start request
+    sent, not the job's defaults). ``running_seconds``, if set, replaces the job's for such runs.
+    """
+
+    when: dict[str, str]
+    outcome: Outcome
+    running_seconds: float | None = Field(default=None, ge=0)
+
+    @field_validator("when")
+    @classmethod
+    def _not_empty(cls, when: dict[str, str]) -> dict[str, str]:
+        """An empty ``when`` would match every run: that is the job's own ``outcome``."""
+        if not when:
+            raise ValueError(
+                'name at least one environment variable, e.g. {START_DATE = "2017-03-01"} '
+                "(for every run, set the job's outcome instead)"
+            )
+        return when
+
+    def matches(self, environment: Mapping[str, str]) -> bool:
+        """Whether every ``when`` variable has exactly this value in ``environment``."""
+        return all(environment.get(name) == value for name, value in self.when.items())
+
+
 class JobConfig(_Model):
     """A job and how its runs behave: phase durations (seconds, before ``time_scale``) and outcome.
 
     A run ends TIMEDOUT after ``timeout_seconds`` of running if that is shorter than
-    ``running_seconds``; a ``skipped`` run ends right after scheduling.
+    ``running_seconds``; a ``skipped`` run ends right after scheduling. ``outcomes`` picks
+    another outcome (and optionally running time) per run environment: the first rule that
+    matches wins, else ``outcome`` applies.
     """
 
     id: str = Field(pattern=_SLUG)
@@ -79,7 +114,8 @@ class JobConfig(_Model):
     starting_seconds: float = Field(default=0.2, ge=0)
     running_seconds: float = Field(default=1.0, ge=0)
     stopping_seconds: float = Field(default=0.2, ge=0)
-    outcome: Literal["succeeded", "failed", "timedout", "skipped"] = "succeeded"
+    outcome: Outcome = "succeeded"
+    outcomes: tuple[OutcomeRule, ...] = ()
     timeout_seconds: float | None = Field(default=None, gt=0)
 
 
@@ -175,7 +211,8 @@ def _problem(loc: tuple[int | str, ...], msg: str) -> str:
 
 
 def default_config(time_scale: float = 1.0) -> EmulatorConfig:
-    """The built-in world: alice's ``risk-analysis`` jobs (one per outcome) and bob's project."""
+    """The built-in world: alice's ``risk-analysis`` jobs (one per outcome, then ``212`` and
+    ``213`` for a two-step pipeline) and bob's project."""
     return EmulatorConfig(
         time_scale=time_scale,
         users=(
@@ -218,6 +255,8 @@ def default_config(time_scale: float = 1.0) -> EmulatorConfig:
                         script="rebuild.py",
                         running_seconds=60.0,
                     ),
+                    JobConfig(id="212", name="Train risk model", script="train.py"),
+                    JobConfig(id="213", name="Score portfolios", script="score.py"),
                 ),
             ),
             ProjectConfig(

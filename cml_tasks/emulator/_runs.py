@@ -6,11 +6,12 @@ shutdown, and polling at any rate sees a consistent history.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from ._config import JobConfig, ProjectConfig, UserConfig
+from ._config import JobConfig, Outcome, OutcomeRule, ProjectConfig, UserConfig
 
 
 class Status(StrEnum):
@@ -52,9 +53,32 @@ TIMESTAMP_FIELDS = {
 }
 
 
+def planned_end(
+    job: JobConfig,
+    environment: Mapping[str, str],
+    rules: Sequence[OutcomeRule],
+    default: Outcome,
+) -> tuple[Outcome, float]:
+    """How a run started with ``environment`` will end, and its running seconds (unscaled).
+
+    The first rule whose ``when`` all match wins; otherwise ``default`` and the job's
+    ``running_seconds``. Decided once, at the start, so later rule changes never rewrite a
+    run's history.
+    """
+    for rule in rules:
+        if rule.matches(environment):
+            seconds = rule.running_seconds
+            return rule.outcome, job.running_seconds if seconds is None else seconds
+    return default, job.running_seconds
+
+
 @dataclass
 class Run:
-    """One run of a job. Times are monotonic-clock seconds; durations already time-scaled."""
+    """One run of a job. Times are monotonic-clock seconds; durations already time-scaled.
+
+    ``outcome`` and ``running_seconds`` (unscaled) were picked at creation by
+    :func:`planned_end`; the job's other durations come from ``job``.
+    """
 
     id: str
     api: Literal["v1", "v2"]
@@ -65,6 +89,8 @@ class Run:
     arguments: str
     created: float
     time_scale: float
+    outcome: Outcome
+    running_seconds: float
     stop_requested_at: float | None = None
 
     def _scaled(self, seconds: float) -> float:
@@ -75,12 +101,12 @@ class Run:
         job = self.job
         starting = self.created + self._scaled(job.scheduling_seconds)
         natural: list[tuple[float, Status]] = [(self.created, Status.SCHEDULING)]
-        if job.outcome == "skipped":
+        if self.outcome == "skipped":
             natural.append((starting, Status.SKIPPED))
         else:
             running = starting + self._scaled(job.starting_seconds)
-            outcome = _OUTCOMES[job.outcome]
-            duration = self._scaled(job.running_seconds)
+            outcome = _OUTCOMES[self.outcome]
+            duration = self._scaled(self.running_seconds)
             if job.timeout_seconds is not None and self._scaled(job.timeout_seconds) < duration:
                 duration, outcome = self._scaled(job.timeout_seconds), Status.TIMEDOUT
             natural += [

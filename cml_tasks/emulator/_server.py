@@ -6,13 +6,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from ._app import build_app
-from ._config import EmulatorConfig, default_config
+from ._config import EmulatorConfig, Outcome, OutcomeRule, default_config
 from ._faults import Fault
 from ._state import EmulatorState, RequestRecord, RunRecord
 
@@ -71,6 +72,22 @@ class Emulator:
 
     def clear_faults(self) -> None:
         self._state.faults.clear()
+
+    def set_outcomes(
+        self,
+        job_id: str,
+        rules: Sequence[OutcomeRule] = (),
+        *,
+        outcome: Outcome | None = None,
+        project_id: str | None = None,
+    ) -> None:
+        """Change how job ``job_id``'s next runs end, e.g. to "fix" a failing job and rerun.
+
+        ``rules`` and ``outcome`` replace the config's ``outcomes`` and ``outcome`` (``None``:
+        keep the config's); runs already started keep their outcome. ``project_id`` picks the
+        job when its id is in several projects; an unknown job is a :class:`ValueError`.
+        """
+        self._state.set_outcomes(job_id, rules, outcome, project_id)
 
     def start(self) -> Emulator:
         """Start serving; returns once the server accepts connections."""

@@ -9,13 +9,13 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, get_args
 
-from ._config import EmulatorConfig, JobConfig, ProjectConfig, UserConfig
+from ._config import EmulatorConfig, JobConfig, Outcome, OutcomeRule, ProjectConfig, UserConfig
 from ._faults import FaultPlan
-from ._runs import Run
+from ._runs import Run, planned_end
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -74,6 +74,8 @@ class EmulatorState:
         self._epoch = (clock(), datetime.now(UTC))
         self._lock = threading.Lock()
         self._runs: dict[str, Run] = {}
+        # (project id, job id) -> outcome rules and default set at runtime, replacing the config's
+        self._outcomes: dict[tuple[str, str], tuple[tuple[OutcomeRule, ...], Outcome]] = {}
         self._requests: list[RequestRecord] = []
         self._by_v1_key = {u.v1_key: u for u in config.users}
         self._by_v2_key = {u.v2_key: u for u in config.users}
@@ -153,6 +155,8 @@ class EmulatorState:
         arguments: str,
     ) -> Run:
         with self._lock:
+            rules, default = self._outcomes.get((project.id, job.id), (job.outcomes, job.outcome))
+            outcome, running_seconds = planned_end(job, environment, rules, default)
             run_id = _new_id(self._runs)
             run = Run(
                 id=run_id,
@@ -164,9 +168,46 @@ class EmulatorState:
                 arguments=arguments,
                 created=self.now(),
                 time_scale=self.config.time_scale,
+                outcome=outcome,
+                running_seconds=running_seconds,
             )
             self._runs[run_id] = run
             return run
+
+    def set_outcomes(
+        self,
+        job_id: str,
+        rules: Sequence[OutcomeRule],
+        outcome: Outcome | None = None,
+        project_id: str | None = None,
+    ) -> None:
+        """Replace a job's outcome rules (and default ``outcome``) for runs created from now on.
+
+        The job is found by id, in ``project_id`` if given; an unknown or ambiguous id is a
+        :class:`ValueError` rather than a silent no-op, so a test cannot "fix" the wrong job.
+        """
+        matches = [
+            (p, j)
+            for p in self.config.projects
+            if project_id is None or p.id == project_id
+            for j in p.jobs
+            if j.id == job_id
+        ]
+        where = f" in project {project_id!r}" if project_id is not None else ""
+        if not matches:
+            raise ValueError(f"no job {job_id!r}{where}")
+        if len(matches) > 1:
+            projects = ", ".join(p.id for p, _ in matches)
+            raise ValueError(f"job {job_id!r} is in several projects ({projects}): pass project_id")
+        if outcome is not None and outcome not in get_args(Outcome):
+            raise ValueError(f"outcome must be one of {', '.join(get_args(Outcome))}")
+        checked = tuple(OutcomeRule.model_validate(rule) for rule in rules)
+        project, job = matches[0]
+        with self._lock:
+            self._outcomes[(project.id, job.id)] = (
+                checked,
+                job.outcome if outcome is None else outcome,
+            )
 
     def runs_of(self, project: ProjectConfig, job: JobConfig) -> list[Run]:
         """The job's runs, oldest first."""

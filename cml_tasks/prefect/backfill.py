@@ -51,14 +51,7 @@ from cml_tasks.backfill import (
     plan_backfill,
     settled_skip,
 )
-from cml_tasks.errors import (
-    BackfillFailed,
-    CMLError,
-    CMLOutcomeUnknown,
-    CMLRunError,
-    CMLWaitCancelled,
-    CMLWaitTimeout,
-)
+from cml_tasks.errors import BackfillFailed, CMLError, CMLOutcomeUnknown, CMLWaitCancelled
 from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import block_reference
 from cml_tasks.prefect.api import tag_current_flow_run
@@ -75,6 +68,7 @@ from cml_tasks.prefect.records import NOT_SHARED, window_records
 from cml_tasks.prefect.tasks import resolve_settings
 from cml_tasks.prefect.window_run import OUTCOME_UNKNOWN_STATE
 from cml_tasks.prefect.window_task import start_window
+from cml_tasks.run_errors import CMLRunError, CMLWaitTimeout
 from cml_tasks.window_options import WindowOptions
 
 PROGRESS_SECONDS = 1.0
@@ -124,7 +118,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -> WindowOutcome:
+def failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -> WindowOutcome:
     result = WindowResult.ERROR
     run = getattr(error, "run", None)
     if isinstance(error, CMLOutcomeUnknown):
@@ -173,7 +167,7 @@ def _run_in_process(
             return
         if not isinstance(value, BaseException):
             value = RuntimeError(future.state.message or "the window's task did not complete")
-        on_done(_failed_outcome(planned, plan.job, value))
+        on_done(failed_outcome(planned, plan.job, value))
 
     for planned in plan.windows:
         skipped = settled_skip(

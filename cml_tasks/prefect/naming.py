@@ -6,15 +6,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from cml_tasks.errors import (
-    CMLError,
-    CMLHTTPError,
-    CMLInputError,
-    CMLOutcomeUnknown,
-    CMLRunError,
-    CMLWaitTimeout,
-)
+from cml_tasks.errors import CMLError, CMLHTTPError, CMLInputError, CMLOutcomeUnknown
 from cml_tasks.job import JobRef
+from cml_tasks.run_errors import CMLRunError, CMLWaitTimeout
 
 
 def job_slug(job: object) -> str:

@@ -7,8 +7,8 @@ truth. A variable's name is unique in that database, so creating it is the claim
 that has no record: of two processes, exactly one succeeds. Taking over a window that has a
 record (a failed start, an unknown outcome, a deliberate re-run) creates a claim variable
 `cml-claim-<window>-a<N>` for the record's next attempt number first, so two takers never
-both win either. A claim carries a lease (`LEASE_SECONDS`), renewed while held: if its holder
-dies, the window is free for others within `LEASE_SECONDS + CLOCK_SKEW_SECONDS` (50 s).
+both win either. A claim carries a lease (45 s, `CML_CLAIM_LEASE_SECONDS`), renewed every
+third of it while held: if its holder dies, the window is free for others once it ends.
 
 A claim's outcome (started, start failed, unknown, a followed run's end) is not written over
 the record but created beside it, once, as `<record>-outcome-a<N>` for attempt N: on SQLite,
@@ -23,6 +23,7 @@ The records are visible on the Prefect UI's Variables page, tagged `cml` and
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -38,7 +39,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from cml_tasks._shared import shared
 from cml_tasks.backfill import WindowRecord, job_tag
-from cml_tasks.errors import CMLOutcomeUnknown, CMLRecordError
+from cml_tasks.errors import CMLConfigError, CMLOutcomeUnknown, CMLRecordError
 from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import filter_variables
 from cml_tasks.prefect.api import api_is_shared, prefect_api
@@ -50,14 +51,35 @@ NOT_SHARED = (
     "API; other machines cannot see them, and may start these windows again"
 )
 """Said in the log and the artifact when the records cannot be shared."""
-LEASE_SECONDS = 45.0
+LEASE_SETTING = "CML_CLAIM_LEASE_SECONDS"
+"""The environment variable that sets a claim's lease (every machine sharing a server should
+agree on it; tests shorten it so that a killed process's windows come free sooner)."""
+DEFAULT_LEASE_SECONDS = 45.0
 """How long a claim lasts unless renewed: a dead holder's window is free after this."""
-RENEW_SECONDS = 15.0
-"""How often a held claim's lease is renewed."""
-CLOCK_SKEW_SECONDS = 5.0
-"""How far two machines' clocks may differ: a lease counts as running this much longer."""
+LEASE_RANGE = (3.0, 3600.0)
+"""The lease a setting may choose, in seconds."""
 MAX_ERROR_CHARS = 1000
 """A record's error is cut to this length (a variable holds at most 5,000 characters)."""
+
+
+def lease_seconds() -> float:
+    """A claim's lease: `CML_CLAIM_LEASE_SECONDS`, or 45 s. It is renewed every third of it,
+    and its holder stops writing a ninth of it before its end (5 s of 45: the clocks of two
+    machines may differ that much)."""
+    text = os.environ.get(LEASE_SETTING, "").strip()
+    if not text:
+        return DEFAULT_LEASE_SECONDS
+    low, high = LEASE_RANGE
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not low <= seconds <= high:
+        raise CMLConfigError(
+            f"Invalid {LEASE_SETTING} {text[:40]!r}: use a number of seconds from {low:g} to "
+            f"{high:g} (default {DEFAULT_LEASE_SECONDS:g})"
+        )
+    return seconds
 
 
 class ServerRecords:
@@ -164,7 +186,7 @@ class ServerRecords:
         return record.model_copy(
             update={
                 "holder": self.holder,
-                "lease_until": _now() + timedelta(seconds=LEASE_SECONDS),
+                "lease_until": _now() + timedelta(seconds=lease_seconds()),
                 "attempt": attempt,
                 "updated_at": _now(),
             }
@@ -238,14 +260,14 @@ class _Claim:
     def _check_lease(self) -> None:
         """Never write once the lease may have ended: another process may own the window."""
         assert self._record.lease_until is not None
-        if _now() > self._record.lease_until - timedelta(seconds=CLOCK_SKEW_SECONDS):
+        if _now() > self._record.lease_until - timedelta(seconds=lease_seconds() / 9):
             raise CMLOutcomeUnknown(
                 f"lost the claim on window record {self._key} (its lease ended before this "
                 "process could record the start's outcome): another process resolves it"
             )
 
     def _renew(self) -> None:
-        while not self._done.wait(RENEW_SECONDS):
+        while not self._done.wait(lease_seconds() / 3):
             with self._lock:
                 if self._done.is_set():
                     return
@@ -288,5 +310,6 @@ def window_records() -> ServerRecords:
 
 @shared
 def _records(client: SyncPrefectClient) -> ServerRecords:
+    lease_seconds()  # a bad setting is said before any window is claimed
     holder = new_holder(socket.gethostname(), os.getpid())
     return ServerRecords(client, holder, shared_api=api_is_shared())

@@ -38,7 +38,7 @@ OUTCOME_UNKNOWN_STATE = "Outcome unknown"
 dispatch reads it (a state name is public; an error message is not an interface)."""
 
 
-def _scheduled_start() -> datetime | None:
+def scheduled_start() -> datetime | None:
     """The current flow run's scheduled start time; None outside a flow run (never "now")."""
     if flow_run.id is None:
         return None
@@ -57,7 +57,7 @@ def _flow_run_name() -> str:
             lag=parameters.get("lag", 1),
             window_start=parameters.get("window_start"),
             window_end=parameters.get("window_end"),
-            scheduled_for=_scheduled_start(),
+            scheduled_for=scheduled_start(),
         ).run_name
     except (ValueError, TypeError, AttributeError):  # CMLInputError is a ValueError
         return f"{job_slug(job)} (invalid input)"
@@ -125,7 +125,7 @@ def cml_window_run(
         lag=lag,
         window_start=window_start,
         window_end=window_end,
-        scheduled_for=_scheduled_start(),
+        scheduled_for=scheduled_start(),
     )
     logger = get_run_logger()
     if plan.scheduled_for is not None:

@@ -23,13 +23,7 @@ from cml_tasks.backfill import (
     WindowResult,
     WindowStatus,
 )
-from cml_tasks.errors import (
-    CMLError,
-    CMLOutcomeUnknown,
-    CMLRunError,
-    CMLWaitCancelled,
-    CMLWaitTimeout,
-)
+from cml_tasks.errors import CMLError, CMLOutcomeUnknown, CMLWaitCancelled
 from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun
 from cml_tasks.prefect.blocks import CMLCredentials
@@ -39,6 +33,7 @@ from cml_tasks.prefect.project_limit import project_slot
 from cml_tasks.prefect.records import window_records
 from cml_tasks.prefect.tasks import follow_to_end, log_started, resolve_settings, shared_client
 from cml_tasks.reconcile import RunIndex
+from cml_tasks.run_errors import CMLRunError, CMLWaitTimeout
 from cml_tasks.run_status import RunStatus
 from cml_tasks.settings import CMLSettings
 from cml_tasks.waiting import raise_for_status
@@ -72,6 +67,7 @@ def start_window(
     max_wait: float | None = None,
     record: WindowRecord | None = None,
     record_is_current: bool = False,
+    retry_failed: bool = False,
 ) -> WindowOutcome:
     """Start the job for one window unless its record says not to; record what happened.
 
@@ -81,7 +77,8 @@ def start_window(
     unreachable; never retried blindly). The state's data is the `CMLError`.
 
     `record`, with `record_is_current=True`, is the window's record as just read (None: it
-    has none), so the task need not read it again.
+    has none), so the task need not read it again. `retry_failed`: a failed run is started
+    again under `missing` too (a pipeline's step).
 
     `project_limit` names a global concurrency limit held while the start is in flight and,
     with `follow=True`, until the CML run ends. Followed windows end `succeeded` (returned) or
@@ -100,6 +97,7 @@ def start_window(
         witness=run_index(settings, job, str(flow_run.id)).find if can_reconcile else None,
         seen=record,
         seen_is_current=record_is_current,
+        retry_failed=retry_failed,
     )
     try:
         done = window.check()
