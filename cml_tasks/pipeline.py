@@ -77,9 +77,15 @@ class Step(BaseModel):
         default=None, description="Stop the step's run (and fail the step) after this many s."
     )
 
-    def __init__(self, name: str, job: str, /, **fields: Any) -> None:
-        """`Step("train", url, after=["ingest"])`: name and job positionally or by keyword."""
-        super().__init__(name=name, job=job, **fields)
+    def __init__(self, name: str | None = None, job: str | None = None, /, **fields: Any) -> None:
+        """`Step("train", url, after=["ingest"])` (or by keyword, as validation from a file
+        does); a bad step raises one `CMLInputError`."""
+        given = {"name": name, "job": job}
+        fields |= {key: value for key, value in given.items() if value is not None}
+        try:
+            super().__init__(**fields)
+        except ValidationError as exc:
+            raise CMLInputError(_problems(str(fields.get("name", "?")), exc, "step")) from None
 
     @model_validator(mode="after")
     def _checked(self) -> Step:
@@ -108,13 +114,15 @@ class Pipeline(BaseModel):
     )
     steps: tuple[Step, ...] = Field(min_length=1, max_length=MAX_STEPS)
 
-    def __init__(self, name: str, /, **fields: Any) -> None:
-        """`Pipeline("risk-monthly", options=..., steps=[...])`; a bad pipeline raises one
-        `CMLInputError` naming every problem."""
+    def __init__(self, name: str | None = None, /, **fields: Any) -> None:
+        """`Pipeline("risk-monthly", options=..., steps=[...])` (or by keyword, as validation
+        from a file does); a bad pipeline raises one `CMLInputError` naming every problem."""
+        if name is not None:
+            fields["name"] = name
         try:
-            super().__init__(name=name, **fields)
+            super().__init__(**fields)
         except ValidationError as exc:
-            raise CMLInputError(_problems(name, exc)) from None
+            raise CMLInputError(_problems(str(fields.get("name", "?")), exc)) from None
 
     @model_validator(mode="after")
     def _a_dag(self) -> Pipeline:
@@ -176,6 +184,8 @@ class Pipeline(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise CMLInputError(f"{file}: {_problems(str(data.get('name', '?')), exc)}") from None
+        except CMLInputError as error:  # a step's own check
+            raise CMLInputError(f"{file}: {error}") from None
 
     def step(self, name: str) -> Step:
         """The step named `name`, or a CMLInputError naming the steps there are."""
@@ -218,7 +228,7 @@ def _sorted(environment: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(environment.items()))
 
 
-def _problems(name: str, exc: ValidationError) -> str:
+def _problems(name: str, exc: ValidationError, what: str = "pipeline") -> str:
     """One line per problem: `Invalid pipeline 'risk': steps[1].after: ...`."""
     lines = []
     for error in exc.errors():
@@ -227,7 +237,7 @@ def _problems(name: str, exc: ValidationError) -> str:
             where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
         message = str(error["msg"]).removeprefix("Value error, ")
         lines.append(f"{where}: {message}" if where else message)
-    return f"Invalid pipeline {printable(repr(name))[:80]}: " + "; ".join(lines)
+    return f"Invalid {what} {printable(repr(name))[:80]}: " + "; ".join(lines)
 
 
 class StepResult(StrEnum):

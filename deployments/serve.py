@@ -23,21 +23,26 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.utilities.templating import apply_values
 
+from cml_tasks.prefect.pipeline import cml_pipeline_run
 from cml_tasks.prefect.window_run import cml_window_run
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPOSITORY / "deployments" / "prefect.yaml"
-ENTRYPOINT = "cml_tasks.prefect.window_run:cml_window_run"
+FLOWS: dict[str, Any] = {
+    "cml_tasks.prefect.window_run:cml_window_run": cml_window_run,
+    "cml_tasks.prefect.pipeline:cml_pipeline_run": cml_pipeline_run,
+}
+"""The flows this file serves, by their entrypoint in `prefect.yaml`."""
 
 
-def window_deployments(
+def served_deployments(
     names: list[str] | None = None, config: Path = PREFECT_YAML
 ) -> list[RunnerDeployment]:
-    """The window-flow deployments of `config` (all, or those named) as served deployments."""
+    """The deployments of `config` (all, or those named) as served deployments."""
     specs: list[dict[str, Any]] = [
         spec
         for spec in yaml.safe_load(config.read_text())["deployments"]
-        if spec["entrypoint"] == ENTRYPOINT
+        if spec["entrypoint"] in FLOWS
     ]
     unknown = sorted(set(names or []) - {spec["name"] for spec in specs})
     if unknown:
@@ -55,7 +60,7 @@ def window_deployments(
             Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
             for s in spec.get("schedules") or []
         ]
-        deployment = cml_window_run.to_deployment(
+        deployment = FLOWS[spec["entrypoint"]].to_deployment(
             name=spec["name"],
             description=spec.get("description"),
             tags=spec.get("tags"),
@@ -70,7 +75,7 @@ def window_deployments(
 def main(argv: list[str]) -> None:
     """Serve until interrupted; run from anywhere (runs start in the repository)."""
     os.chdir(REPOSITORY)
-    serve(*window_deployments(argv or None))
+    serve(*served_deployments(argv or None))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,30 @@ def pytest_sessionfinish() -> None:
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 
+SERVER_FIXTURES = frozenset(
+    {
+        "prefect_api",
+        "prefect_server",
+        "prefect_server_pg",
+        "prefect_ui_server",
+        "postgres_url",
+        "process_pool",
+        "browser",
+        "server",  # test_many_machines: the shared server, on each database
+    }
+)
+"""Fixtures that start a Prefect server, PostgreSQL or a browser: their tests are `server`
+tests, left out of `make check`."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test that needs a server `server` (by its fixtures, or a `server` marker of
+    its own for a test that starts one itself)."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 """The `prefect` CLI of the interpreter running the tests."""
 
