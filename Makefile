@@ -3,8 +3,10 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# Test processes: most of a test waits for servers and CML runs, so four share two cores.
+WORKERS ?= 4
 
-.PHONY: demo ui test lint
+.PHONY: demo ui test check lint
 
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,8 +20,13 @@ demo: $(INSTALLED)
 ui: $(INSTALLED)
 	$(BIN)/cml-jobs demo --ui
 
+# The whole suite: every scenario, on SQLite and PostgreSQL Prefect servers and in Chromium.
 test: $(INSTALLED)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(WORKERS) --dist loadfile
+
+# While editing: lint, types and the tests that need no server (under a minute).
+check: lint
+	$(BIN)/pytest -m "not server" -q -n 4
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

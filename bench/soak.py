@@ -23,8 +23,8 @@ saying the outcome is unknown, or a record naming a run CML does not have: must 
 the v2 key every window must end with exactly one run; without it, windows whose start's
 outcome is unknown stay reported and are never started a second time.
 
-A process killed while holding windows frees them after its lease (45 s + 5 s): the rerun
-after the kill waits that long.
+A process killed while holding windows frees them after its claim's lease (45 s; the tests'
+machines use 15 s, `CML_CLAIM_LEASE_SECONDS`): the rerun after the kill waits that long.
 """
 
 from __future__ import annotations

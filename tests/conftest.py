@@ -397,11 +397,18 @@ def prefect_server_pg(
         yield server
 
 
+MACHINE_LEASE_SECONDS = "15"
+"""The claim lease of the tests' machines (`CML_CLAIM_LEASE_SECONDS`; 45 s in production): a
+killed machine's windows come free after 15 s, while a renewal (every 5 s) still has 8 s to get
+through a busy SQLite server."""
+
+
 def machine_env(server: PrefectServer, root: Path, name: str, **extra: str) -> dict[str, str]:
     """The environment of a subprocess on a separate "machine" `name` that talks to `server`:
     creates `root/name/{home,work,tmp}`; its own PREFECT_HOME (`home`) and TMPDIR (`tmp`),
-    PREFECT_API_URL of `server`, analytics off; none of this process's `CML_*` or `PREFECT_*`
-    variables, only `extra` (which may set any). Run the subprocess with `cwd=root/name/work`."""
+    PREFECT_API_URL of `server`, analytics off, the claim lease `MACHINE_LEASE_SECONDS`; none of
+    this process's `CML_*` or `PREFECT_*` variables, only `extra` (which may set any). Run the
+    subprocess with `cwd=root/name/work`."""
     machine = root / name
     for part in ("home", "work", "tmp"):
         (machine / part).mkdir(parents=True, exist_ok=True)
@@ -413,6 +420,7 @@ def machine_env(server: PrefectServer, root: Path, name: str, **extra: str) -> d
         TMPDIR=str(machine / "tmp"),
         PREFECT_API_URL=server.api_url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        CML_CLAIM_LEASE_SECONDS=MACHINE_LEASE_SECONDS,
     )
     env.update(extra)
     return env

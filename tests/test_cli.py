@@ -110,6 +110,7 @@ def test_bad_input_sends_nothing(cml: Emulator) -> None:
     assert cml.requests() == []
 
 
+@pytest.mark.server  # starts a Prefect server of its own
 def test_demo_backfills_a_year_and_starts_nothing_twice() -> None:
     began = time.monotonic()
     result = run("demo", key=None)

@@ -155,3 +155,19 @@ def test_an_outcome_whose_answer_was_lost_is_written_once(records: Any) -> None:
             held.release(_record(WindowStatus.STARTED, engine_id="run1"))
     assert sent == [201, 409]  # created; sent again, found
     assert records.read(KEY).engine_id == "run1"
+
+
+def test_the_claim_lease_is_45_s_unless_cml_claim_lease_seconds_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cml_tasks.errors import CMLConfigError
+    from cml_tasks.prefect.records import LEASE_SETTING, lease_seconds
+
+    monkeypatch.delenv(LEASE_SETTING, raising=False)
+    assert lease_seconds() == 45.0
+    monkeypatch.setenv(LEASE_SETTING, "15")
+    assert lease_seconds() == 15.0
+    for bad in ("0", "2", "nan", "inf", "1e9", "soon"):
+        monkeypatch.setenv(LEASE_SETTING, bad)
+        with pytest.raises(CMLConfigError, match=r"CML_CLAIM_LEASE_SECONDS .*from 3 to 3600"):
+            lease_seconds()

@@ -69,6 +69,7 @@ def test_records_are_listed_and_a_window_forgotten_after_asking(
     assert "no record of window '2016-12'" in missing.stderr
 
 
+@pytest.mark.server  # an ephemeral Prefect server in the CLI's process
 def test_records_on_an_ephemeral_api_say_they_are_not_shared(cml: Emulator, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CML_"))}
     env |= {"PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
