@@ -422,11 +422,58 @@ def windows(
         typer.echo(f"  {window.label:<{width}}  {shown}")
 
 
+OptionalJobArgument = Annotated[
+    str | None,
+    typer.Argument(help="Job Overview page URL (or --pipeline FILE instead)", show_default=False),
+]
+WINDOW_FLAGS = {
+    "every": "--every",
+    "timezone": "--timezone",
+    "week_start": "--week-start",
+    "start_var": "--start-var",
+    "end_var": "--end-var",
+    "date_format": "--date-format",
+    "exclusive_end": "--exclusive-end",
+    "extra": "--set",
+}
+"""`backfill`'s window options (parameter -> flag): a pipeline file sets them itself."""
+
+
+def job_or_pipeline(job: str | None, pipeline: Path | None) -> str | Path:
+    """Exactly one of a job URL and --pipeline FILE (exit 2 otherwise, nothing read)."""
+    if job is not None and pipeline is not None:
+        bad_input("give a job URL or --pipeline FILE, not both")
+    if pipeline is not None:
+        return pipeline
+    if job is None:
+        bad_input("give a job URL, or --pipeline FILE")
+    return job
+
+
 @app.command()
 def backfill(
-    job: Annotated[str, typer.Argument(help="Job Overview page URL")],
+    ctx: typer.Context,
     from_: FromOption,
     to: ToOption,
+    job: OptionalJobArgument = None,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option(
+            "--pipeline",
+            metavar="FILE",
+            help="Run a pipeline file's steps (YAML) instead of one job: per window in "
+            "dependency order, each followed to its end (CML_API_V2_KEY); the file sets the "
+            "windows, so the window options do not apply.",
+        ),
+    ] = None,
+    from_step: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STEP",
+            help="With --pipeline: start STEP and every step after it again for the chosen "
+            "windows (the steps before it stay as they are).",
+        ),
+    ] = None,
     every: EveryOption = "month",
     timezone: TimezoneOption = "UTC",
     week_start: WeekStartOption = "monday",
@@ -436,35 +483,46 @@ def backfill(
     exclusive_end: ExclusiveEndOption = False,
     extra: ExtraOption = None,
     max_concurrency: Annotated[
-        int, typer.Option(help="At most this many starts in flight (1..64).")
+        int,
+        typer.Option(
+            help="At most this many starts in flight (1..64); with --pipeline, windows in flight."
+        ),
     ] = 4,
     reprocess: Annotated[
         str,
         typer.Option(
-            help="missing: windows not started yet (or whose start failed); failed: only "
-            "failed ones; all: every window again."
+            help="missing: windows not started yet (or whose start failed; with --pipeline, "
+            "every step not succeeded yet); failed: only failed ones; all: every window again."
         ),
     ] = "missing",
     newest_first: Annotated[
         bool, typer.Option("--newest-first", help="Newest window first.")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List windows and environments; start nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="List windows (with --pipeline, windows x steps) and environments; start nothing.",
+        ),
     ] = False,
     follow: Annotated[
         bool,
         typer.Option(
             "--follow",
             help="Start through API v2 (CML_API_V2_KEY) and follow each run to its end; "
-            "--max-concurrency then bounds active runs.",
+            "--max-concurrency then bounds active runs. Implied by --pipeline.",
         ),
     ] = False,
     timeout: Annotated[
         str | None,
-        typer.Option(help="With --follow: stop a run still going after this long (e.g. 2h)."),
+        typer.Option(
+            help="With --follow or --pipeline: stop a run still going after this long (e.g. "
+            "2h); a pipeline step's own max_wait wins."
+        ),
     ] = None,
     poll: Annotated[
-        str | None, typer.Option(help="With --follow: time between polls (default 30s).")
+        str | None,
+        typer.Option(help="With --follow or --pipeline: time between polls (default 30s)."),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -473,10 +531,27 @@ def backfill(
     Re-running the same command resumes: each window is started at most once. Exit code 1
     when a window (or, with --follow, its run) failed, 7 when a start's outcome is unknown
     (check CML before re-running; with CML_API_V2_KEY set the backfill asks CML itself).
+
+    With --pipeline FILE instead of a job: every step of each window, a step once all its
+    `after` steps succeeded, printed as a windows x steps grid; a step that succeeded is never
+    started again, a failed one is (then the steps after it). Exit code 1 when a step failed,
+    7 when one's outcome is unknown.
     """
     from cml_tasks import backfill_cli
     from cml_tasks.windows import parse_date
 
+    target = job_or_pipeline(job, pipeline)
+    if isinstance(target, Path):
+        refuse_window_flags(ctx)
+        order = "newest" if newest_first else "oldest"
+        parameters = pipeline_parameters(
+            max_concurrency, order, reprocess, from_step, poll, timeout
+        )
+        pipeline_backfill(target, from_, to, parameters, dry_run=dry_run, as_json=as_json)
+        return
+    if from_step is not None:
+        bad_input("--from-step only applies with --pipeline (a pipeline's steps)")
+    job = target
     try:
         start, end = parse_date(from_), parse_date(to)
         options: dict[str, Any] = {
@@ -530,9 +605,77 @@ def backfill(
         raise typer.Exit(ExitCode.OUTCOME_UNKNOWN if unknown else ExitCode.FAILURE)
 
 
+def refuse_window_flags(ctx: typer.Context) -> None:
+    """With --pipeline, the file's `options` set the windows: a window flag is refused."""
+    sources = {name: ctx.get_parameter_source(name) for name in WINDOW_FLAGS}
+    given = [
+        WINDOW_FLAGS[name]
+        for name, source in sources.items()
+        if source is not None and source.name == "COMMANDLINE"  # typer's own click's enum
+    ]
+    if given:
+        verb = "does" if len(given) == 1 else "do"
+        bad_input(
+            f"{', '.join(given)} {verb} not apply with --pipeline: the pipeline file sets the "
+            "windows (its options)"
+        )
+
+
+def pipeline_parameters(
+    max_concurrency: int,
+    order: str,
+    reprocess: str,
+    from_step: str | None,
+    poll: str | None,
+    timeout: str | None,
+) -> dict[str, Any]:
+    """The `cml-pipeline-backfill` flow's parameters from `backfill --pipeline`'s options
+    (a pipeline always follows its runs: --poll and --timeout apply without --follow)."""
+    try:
+        return {
+            "max_concurrency": max_concurrency,
+            "order": order,
+            "reprocess": reprocess,
+            "from_step": from_step,
+            "poll_interval": parse_duration(poll or "30s", option="--poll"),
+            "max_wait": parse_duration(timeout, option="--timeout") if timeout else None,
+        }
+    except ValueError as error:
+        bad_input(str(error))
+
+
+def pipeline_backfill(
+    path: Path, from_: str, to: str, parameters: dict[str, Any], *, dry_run: bool, as_json: bool
+) -> None:
+    """`backfill --pipeline`: check everything, then the dry run's grid or the flow's, and
+    the exit code of the worst cell (7 an outcome unknown, 1 a failed step)."""
+    from cml_tasks import pipeline_cli
+    from cml_tasks.errors import BackfillFailed
+    from cml_tasks.windows import parse_date
+
+    try:
+        start, end = parse_date(from_), parse_date(to)
+        if dry_run:
+            report = pipeline_cli.dry_run(path, start, end, parameters)
+            pipeline_cli.print_report(report, as_json=as_json)
+            return
+        plan = pipeline_cli.checked_plan(path, start, end, parameters, dry_run=False)
+    except CMLError as error:
+        fail(error, as_json=as_json)
+    found, problem = pipeline_cli.run(plan, start, end, parameters)
+    if found is None:
+        if isinstance(problem, CMLError) and not isinstance(problem, BackfillFailed):
+            fail(problem, as_json=as_json)
+        typer.echo(f"Error: {printable(problem)}", err=True)
+        raise typer.Exit(ExitCode.FAILURE)
+    pipeline_cli.print_report(found, as_json=as_json)
+    if found.failures():
+        raise typer.Exit(ExitCode.OUTCOME_UNKNOWN if found.unknown else ExitCode.FAILURE)
+
+
 @app.command()
 def records(
-    job: Annotated[str, typer.Argument(help="Job Overview page URL")],
+    job: OptionalJobArgument = None,
     from_: Annotated[
         str | None, typer.Option("--from", metavar="YYYY-MM-DD", help="Only windows from this day.")
     ] = None,
@@ -547,6 +690,15 @@ def records(
         ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="With --forget: do not ask.")] = False,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option(
+            "--pipeline",
+            metavar="FILE",
+            help="A pipeline file's windows x steps grid from its steps' records instead of "
+            "one job's (needs --from and --to; read-only).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List a job's window records on the Prefect server (state, engine id, when attempted),
@@ -556,6 +708,15 @@ def records(
     from cml_tasks.settings import CMLSettings
     from cml_tasks.windows import parse_date
 
+    target = job_or_pipeline(job, pipeline)
+    if isinstance(target, Path):
+        if forget is not None:
+            bad_input("--forget applies to one job's window: give its job URL, not --pipeline")
+        if from_ is None or to is None:
+            bad_input("--pipeline needs --from and --to: the windows of the grid")
+        pipeline_records(target, from_, to, as_json=as_json)
+        return
+    job = target
     try:
         ref = JobRef.parse(job).with_host(CMLSettings.load().host)
         start = parse_date(from_) if from_ else None
@@ -569,12 +730,31 @@ def records(
     except LookupError as error:
         bad_input(str(error))
     if not shared_api:
-        typer.echo(
-            "Note: no PREFECT_API_URL, so these are the records of this machine's own "
-            "ephemeral Prefect API; other machines cannot see them.",
-            err=True,
-        )
+        note_not_shared()
     records_cli.show(found, ref, as_json=as_json)
+
+
+def note_not_shared() -> None:
+    """Records on an ephemeral API are this machine's alone: say so (stderr)."""
+    typer.echo(
+        "Note: no PREFECT_API_URL, so these are the records of this machine's own "
+        "ephemeral Prefect API; other machines cannot see them.",
+        err=True,
+    )
+
+
+def pipeline_records(path: Path, from_: str, to: str, *, as_json: bool) -> None:
+    """`records --pipeline`: each (window, step) as its record tells it; starts nothing."""
+    from cml_tasks import pipeline_cli
+    from cml_tasks.windows import parse_date
+
+    try:
+        report, shared_api = pipeline_cli.recorded(path, parse_date(from_), parse_date(to))
+    except CMLError as error:
+        fail(error, as_json=as_json)
+    if not shared_api:
+        note_not_shared()
+    pipeline_cli.print_report(report, as_json=as_json)
 
 
 @app.command()

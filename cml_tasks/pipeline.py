@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cml_tasks._text import printable
+from cml_tasks._text import columns, printable
 from cml_tasks.backfill import (
     Order,
     PlannedWindow,
@@ -33,16 +33,18 @@ from cml_tasks.backfill import (
     WindowRecord,
     WindowResult,
     WindowStatus,
+    job_tag,
     window_key,
 )
 from cml_tasks.environment import validate_environment
-from cml_tasks.errors import CMLError, CMLInputError
+from cml_tasks.errors import BackfillFailed, CMLError, CMLInputError
 from cml_tasks.job import JobRef
 from cml_tasks.window_options import WindowOptions
 from cml_tasks.windows import Window, windows_between
 
 __all__ = [
     "Pipeline",
+    "PipelineFailed",
     "PipelinePlan",
     "PipelineReport",
     "PipelineRow",
@@ -51,6 +53,8 @@ __all__ = [
     "StepCell",
     "StepResult",
     "plan_pipeline",
+    "planned_report",
+    "recorded_report",
 ]
 
 STEP_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -336,8 +340,6 @@ class StepCell(BaseModel):
     """The CML status the run ended with, once it ended."""
     reason: str | None = None
     """Why it failed or was not reached, in a few words."""
-    started: bool = False
-    """This run of the pipeline started (or adopted) the step's CML run."""
 
     @property
     def failed(self) -> bool:
@@ -356,8 +358,6 @@ class StepCell(BaseModel):
             run_url=outcome.run_url,
             run_status=outcome.run_status,
             reason=short or outcome.reason if result is not StepResult.SUCCEEDED else None,
-            started=outcome.result in (WindowResult.SUCCEEDED, WindowResult.STARTED)
-            or (outcome.engine_id is not None and outcome.result is WindowResult.RUN_FAILED),
         )
 
     @classmethod
@@ -440,10 +440,6 @@ class PipelineReport(BaseModel):
     def unknown(self) -> bool:
         return any(cell.result is StepResult.OUTCOME_UNKNOWN for _, cell in self.failures())
 
-    def started(self) -> Counter[str]:
-        """How many CML runs this report's run started (or adopted), per step."""
-        return Counter(cell.step for row in self.rows for cell in row.cells if cell.started)
-
     def summary(self) -> str:
         """`6 windows x 3 steps: 16 succeeded, 1 failed, 1 not reached`."""
         counts = Counter(cell.result.value for row in self.rows for cell in row.cells)
@@ -475,6 +471,34 @@ class PipelineReport(BaseModel):
             )
         return hint
 
+    def payload(self) -> dict[str, Any]:
+        """The report for scripts (`--json`): the model and its summary line."""
+        return self.model_dump(mode="json") | {"summary": self.summary()}
+
+    def table(self) -> str:
+        """The grid for a terminal: each step's job (and its own variables), then a row per
+        window (the variables every step gets, each step's result). Plain escaped columns
+        (`_text.columns`): no server text can drive the terminal."""
+        title = f"Pipeline {self.pipeline}" + (
+            " (dry run: nothing started)" if self.dry_run else ""
+        )
+        first = self.rows[0].cells if self.rows else []
+        shared = _shared_environment(first)
+        jobs = [[c.step, c.job_url, _shown(c.environment, exclude=shared)] for c in first]
+        grid = [
+            [
+                row.window,
+                _shown(_shared_environment(row.cells)),
+                *(c.result.value for c in row.cells),
+            ]
+            for row in self.rows
+        ]
+        parts = [printable(title)]
+        if jobs:
+            parts.append(columns(["step", "job", "own variables"], jobs))
+        parts.append(columns(["window", "environment", *self.steps], grid))
+        return "\n".join(parts)
+
     def markdown(self) -> str:
         """The grid as markdown: a summary, the failures, what to run next, then the grid
         (each cell's result links to its CML run)."""
@@ -492,6 +516,57 @@ class PipelineReport(BaseModel):
         return "\n".join(lines) + "\n"
 
 
+def _shared_environment(cells: Iterable[StepCell]) -> dict[str, str]:
+    """The variables every one of `cells` was sent (the window's dates, the pipeline's)."""
+    found: dict[str, str] | None = None
+    for cell in cells:
+        env = cell.environment
+        found = dict(env) if found is None else {k: v for k, v in found.items() if env.get(k) == v}
+    return found or {}
+
+
+def _shown(environment: Mapping[str, str], exclude: Mapping[str, str] | None = None) -> str:
+    """`START_DATE=2017-01-01 END_DATE=2017-01-31`, leaving out what `exclude` holds."""
+    hidden = exclude or {}
+    return " ".join(f"{k}={v}" for k, v in environment.items() if hidden.get(k) != v)
+
+
+def planned_report(plan: PipelinePlan) -> PipelineReport:
+    """The dry run's grid: every (window, step) planned, with its environment."""
+    rows = []
+    for window in plan.windows:
+        cells = {
+            name: StepCell(
+                step=name,
+                result=StepResult.PLANNED,
+                job_url=job.page_url,
+                environment=planned.environment,
+            )
+            for name, (job, planned) in window.steps.items()
+        }
+        rows.append(PipelineRow.of(window, cells))
+    names = [step.name for step in plan.pipeline.order()]
+    return PipelineReport(pipeline=plan.pipeline.name, steps=names, rows=rows, dry_run=True)
+
+
+def recorded_report(
+    plan: PipelinePlan, records: Mapping[str, Mapping[str, WindowRecord]]
+) -> PipelineReport:
+    """The grid as the steps' window records tell it (`cml-jobs records --pipeline`):
+    `records` by job tag (`job_tag`), then by record key."""
+    rows = []
+    for window in plan.windows:
+        cells = {
+            name: StepCell.of_record(
+                name, planned, records.get(job_tag(planned[0]), {}).get(planned[1].key)
+            )
+            for name, planned in window.steps.items()
+        }
+        rows.append(PipelineRow.of(window, cells))
+    names = [step.name for step in plan.pipeline.order()]
+    return PipelineReport(pipeline=plan.pipeline.name, steps=names, rows=rows)
+
+
 def _md(text: str) -> str:
     """Text for a markdown table or list: no pipes, line breaks or emphasis (`80x3` stays)."""
     for char in "\\|*_[]<>`":
@@ -505,3 +580,13 @@ def _md_cell(cell: StepCell) -> str:
     if cell.failed and cell.reason:
         shown += f": {_md(cell.reason[:80])}"
     return shown
+
+
+class PipelineFailed(BackfillFailed):
+    """A step of a pipeline's windows failed, or its outcome is unknown; carries the grid, so
+    whoever ran the flow still shows every window."""
+
+    def __init__(self, report: PipelineReport) -> None:
+        self.report = report
+        failures = report.failure_lines()
+        super().__init__(f"{len(failures)} steps failed or unknown:\n" + "\n".join(failures))

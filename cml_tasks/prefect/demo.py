@@ -1,10 +1,14 @@
 """`cml-jobs demo`: the main job - a year of monthly windows backfilled and a scheduled window
-run, watched in Prefect - on the built-in CML emulator and a temporary Prefect server.
+run, watched in Prefect - then a three-step pipeline, on the built-in CML emulator and a
+temporary Prefect server.
 
-Nothing to set up: the emulator answers as CML (user alice, her documented key, job 208),
-`prefect server start` runs on a free port with a temporary PREFECT_HOME. January is started
-twice on purpose (by the backfill, then by the run its schedule makes on 1 February) to show
-that the second start starts nothing. With `ui=True` both servers stay up for the Prefect UI.
+Nothing to set up: the emulator answers as CML (user alice, her documented keys, jobs 208,
+212 and 213), `prefect server start` runs on a free port with a temporary PREFECT_HOME.
+January is started twice on purpose (by the backfill, then by the run its schedule makes on
+1 February) to show that the second start starts nothing. The pipeline (ingest, train,
+score) runs over three months with `train` failing for February, so the grid shows the
+failure and the step after it not reached; once fixed, the same command completes only what
+is missing. With `ui=True` both servers stay up for the Prefect UI.
 """
 
 from __future__ import annotations
@@ -20,26 +24,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import typer
+
+if TYPE_CHECKING:
+    from cml_tasks.emulator import Emulator
 
 STARTUP_SECONDS = 90.0
 
 
 def run_demo(*, ui: bool) -> None:
     """Backfill 2017 month by month, run the schedule's window for January, print both."""
-    from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
+    from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator
 
     os.environ["CML_API_KEY"] = DEFAULT_V1_KEY
+    os.environ["CML_API_V2_KEY"] = DEFAULT_V2_KEY  # a pipeline follows its steps' runs
     os.environ.pop("CML_HOST", None)
     with Emulator() as cml, _prefect_server(ui=ui) as api_url:
         url = cml.job_url("alice", "risk-analysis", "208")
-        typer.echo(f"CML emulator at {cml.url} (user alice, her documented API key)")
+        typer.echo(f"CML emulator at {cml.url} (user alice, her documented API keys)")
         typer.echo(f"Prefect server at {api_url.removesuffix('/api')} (temporary)\n")
         _backfill(url)
         _scheduled_january(url)
         typer.echo(f"\nCML was asked for {len(cml.runs())} runs: one per month of 2017.")
+        _pipeline(cml)
         if ui:
             typer.echo(f"\nThe Prefect UI: {api_url.removesuffix('/api')}/runs  (Ctrl-C to stop)")
             _wait_for_interrupt()
@@ -74,6 +84,51 @@ def _scheduled_january(url: str) -> None:
         cml_window_run, flow_run=flow_run, parameters=parameters
     )
     typer.echo(f"  nothing started: January already has run {run.engine_id} (from the backfill)")
+
+
+def _pipeline(cml: Emulator) -> None:
+    """Ingest, train, score over three months; train fails for February, then is fixed."""
+    from cml_tasks.emulator import OutcomeRule
+    from cml_tasks.pipeline import Pipeline, PipelineFailed, PipelineReport, Step
+    from cml_tasks.pipeline_cli import print_report
+    from cml_tasks.prefect.pipeline import cml_pipeline_backfill
+
+    jobs = f"{cml.url}/alice/risk-analysis/jobs"
+    pipeline = Pipeline(
+        "risk-monthly",
+        steps=[
+            Step("ingest", f"{jobs}/208"),
+            Step("train", f"{jobs}/212", after=["ingest"]),
+            Step("score", f"{jobs}/213", after=["train"]),
+        ],
+    )
+    february = OutcomeRule(when={"START_DATE": "2017-02-01"}, outcome="failed")
+    cml.set_outcomes("212", [february])
+    command = "cml-jobs backfill --pipeline risk_pipeline.yaml --from 2017-01-01 --to 2017-03-31"
+    typer.echo(
+        "\nA pipeline: ingest (job 208), then train (212), then score (213), per month; "
+        "train fails for February. Ingest's months were started by the backfill above: the "
+        "pipeline follows those runs instead of starting them again."
+    )
+    for attempt in ("first", "fixed"):
+        if attempt == "fixed":
+            cml.set_outcomes("212", [])
+            typer.echo("\nThe train job is fixed in CML; the same command again:")
+        typer.echo(f"\n$ {command}")
+        before = len(cml.runs())
+        state = cml_pipeline_backfill(
+            pipeline=pipeline,
+            start=date(2017, 1, 1),
+            end=date(2017, 3, 31),
+            poll_interval=0.5,
+            return_state=True,
+        )
+        value = state.result(raise_on_failure=False)
+        report = value.report if isinstance(value, PipelineFailed) else value
+        if not isinstance(report, PipelineReport):
+            raise SystemExit(f"the pipeline backfill failed: {value}")
+        print_report(report, as_json=False)
+        typer.echo(f"CML runs started: {len(cml.runs()) - before}")
 
 
 @contextmanager

@@ -37,9 +37,10 @@ from cml_tasks.backfill import (
     check_run_options,
     job_tag,
 )
-from cml_tasks.errors import BackfillFailed, CMLInputError
+from cml_tasks.errors import CMLInputError
 from cml_tasks.pipeline import (
     Pipeline,
+    PipelineFailed,
     PipelinePlan,
     PipelineReport,
     PipelineRow,
@@ -48,6 +49,7 @@ from cml_tasks.pipeline import (
     StepResult,
     plan_pipeline,
     plan_windows,
+    planned_report,
 )
 from cml_tasks.prefect.api import tag_current_flow_run
 from cml_tasks.prefect.backfill import failed_outcome
@@ -89,10 +91,21 @@ class _Steps:
         they stay as their records say)."""
         return not self.from_steps or step in self.from_steps
 
+    def again(self, step: str) -> bool:
+        """Whether the step starts again whatever its record says."""
+        return self.mode is Reprocess.ALL or step in self.from_steps
+
+    def settled(self, step: str, record: WindowRecord | None) -> bool:
+        """The step succeeded, as its record (read with the job's others) says: it needs no
+        task run (a rerun of a finished range creates none)."""
+        return (
+            record is not None and record.status is WindowStatus.SUCCEEDED and not self.again(step)
+        )
+
     def submit(self, window: PipelineWindow, name: str) -> PrefectFuture[WindowOutcome]:
         job, planned = window.steps[name]
         step = self.pipeline.step(name)
-        again = self.mode is Reprocess.ALL or name in self.from_steps
+        again = self.again(name)
         arguments: dict[str, Any] = {
             "job": job,
             "planned": quote(planned),  # no lineage: steps are ordered here
@@ -132,12 +145,11 @@ class _WindowRun:
             if blocked:
                 self.cells[name] = self._not_reached(name, blocked[0])
             elif all(c is not None for c in before):
-                if self.steps.runs(name):
+                record = self.records.get(name)
+                if self.steps.runs(name) and not self.steps.settled(name, record):
                     self.running[name] = self.steps.submit(self.planned, name)
-                else:
-                    self.cells[name] = StepCell.of_record(
-                        name, self.planned.steps[name], self.records.get(name)
-                    )
+                else:  # as its record says: no task run, no request
+                    self.cells[name] = StepCell.of_record(name, self.planned.steps[name], record)
 
     def collect(self, name: str, future: PrefectFuture[WindowOutcome]) -> None:
         del self.running[name]
@@ -302,9 +314,8 @@ def _finish(report: PipelineReport, key: str, note: str) -> PipelineReport:
         description=f"Pipeline {report.pipeline}: {report.summary()}",
     )
     get_run_logger().info("%s", report.summary())
-    failures = report.failure_lines()
-    if failures:
-        failed = BackfillFailed(f"{len(failures)} steps failed or unknown:\n" + "\n".join(failures))
+    if report.failures():
+        failed = PipelineFailed(report)
         return Failed(message=str(failed), data=failed)  # type: ignore[return-value]
     return report
 
@@ -415,24 +426,6 @@ def cml_pipeline_backfill(
         project_limit=project_limit,
     )
     return _finish(report, _artifact_key("pipeline-backfill", pipeline, *span), note)
-
-
-def planned_report(plan: PipelinePlan) -> PipelineReport:
-    """The dry run's grid: every (window, step) planned, with its environment."""
-    rows = []
-    for window in plan.windows:
-        cells = {
-            name: StepCell(
-                step=name,
-                result=StepResult.PLANNED,
-                job_url=job.page_url,
-                environment=planned.environment,
-            )
-            for name, (job, planned) in window.steps.items()
-        }
-        rows.append(PipelineRow.of(window, cells))
-    names = [step.name for step in plan.pipeline.order()]
-    return PipelineReport(pipeline=plan.pipeline.name, steps=names, rows=rows, dry_run=True)
 
 
 def _window_run_name() -> str:
