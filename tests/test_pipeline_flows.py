@@ -181,6 +181,11 @@ def test_a_step_shares_its_job_and_window_with_a_plain_backfill(
         again = cml_backfill(job=f"{jobs}/208", start=date(2017, 1, 1), end=date(2017, 3, 31))
     assert _runs(cml) == Counter({"208": 3, "212": 3})  # ingest started only March
     assert report.summary() == "3 windows x 2 steps: 6 succeeded"
+    names = _step_event_names(prefect_server, "train")
+    assert {name.split(" run ")[0] for name in names} >= {
+        "train: risk-analysis/212 2017-01",
+        "train: risk-analysis/212 2017-03",
+    }
     assert [o.result.value for o in again.outcomes] == ["skipped"] * 3
 
 
@@ -225,3 +230,26 @@ def test_independent_steps_run_at_once_and_a_failure_stops_only_its_downstream(
 
 def _created(run: RunRecord) -> float:
     return datetime.fromisoformat(run["created_at"].replace("Z", "+00:00")).timestamp()
+
+
+def _step_event_names(server: PrefectServer, step: str) -> set[str]:
+    """The resource names of the `cml.run.succeeded` events of a pipeline step (the server persists
+    events in batches: asked again for up to 30 s)."""
+    import httpx
+
+    from cml_tasks.prefect._adapter import flush_to_api
+
+    with server.as_current_api():
+        flush_to_api()
+    body = {"filter": {"event": {"name": ["cml.run.succeeded"]}}, "limit": 50}
+    deadline = time.monotonic() + 30
+    while True:
+        events = httpx.post(f"{server.api_url}/events/filter", json=body, timeout=30).json()
+        names = {
+            event["resource"]["prefect.resource.name"]
+            for event in events["events"]
+            if event["resource"].get("cml.step") == step
+        }
+        if len(names) >= 3 or time.monotonic() > deadline:
+            return names
+        time.sleep(0.5)

@@ -10,6 +10,9 @@ Windows whose start did not give a run: `cml.window.start-failed` (nothing start
 `cml.window.outcome-unknown` (a run may exist), with the window as resource
 (`cml.window.<user>/<project>/<job id>/<label>`) and the reason as a label.
 
+A pipeline's step puts its name first in the resource's name (`train: risk-analysis/212
+2017-03 run <id>`) and in the label `cml.step`.
+
 Every event has the job (role `cml-job`, `cml.job.<user>/<project>/<job id>`) and the project
 (role `cml-project`, `cml.project.<user>/<project>`) as related resources, so an automation
 can match one job or one project. Inside a task or flow run Prefect adds that run too.
@@ -55,7 +58,7 @@ def related(job: JobRef) -> list[dict[str, str]]:
     ]
 
 
-def emit_run_event(run: JobRun, window: str | None = None) -> None:
+def emit_run_event(run: JobRun, window: str | None = None, step: str | None = None) -> None:
     """Emit the event for the run's current status."""
     label = f"{run.job.slug} {window}" if window else run.job.slug
     resource = {
@@ -66,10 +69,12 @@ def emit_run_event(run: JobRun, window: str | None = None) -> None:
     }
     if window:
         resource["cml.window"] = window
-    _emit(event_name(run), resource, run.job, {"environment": run.environment})
+    _emit(event_name(run), resource, run.job, {"environment": run.environment}, step)
 
 
-def emit_started(job: JobRef, window: str, run_id: str, run_url: str, how: str) -> None:
+def emit_started(
+    job: JobRef, window: str, run_id: str, run_url: str, how: str, step: str | None = None
+) -> None:
     """`cml.run.started` for a window's run known only by its id (a v1 start, an adoption)."""
     resource = {
         "prefect.resource.id": f"cml.run.{run_id}",
@@ -79,10 +84,12 @@ def emit_started(job: JobRef, window: str, run_id: str, run_url: str, how: str) 
         "cml.window": window,
         "cml.start": how,
     }
-    _emit("cml.run.started", resource, job, {})
+    _emit("cml.run.started", resource, job, {}, step)
 
 
-def emit_window_failed(job: JobRef, window: str, *, unknown: bool, reason: str) -> None:
+def emit_window_failed(
+    job: JobRef, window: str, *, unknown: bool, reason: str, step: str | None = None
+) -> None:
     """`cml.window.start-failed` or `cml.window.outcome-unknown` for a window without a run."""
     resource = {
         "prefect.resource.id": f"cml.window.{job.username}/{job.project}/{job.job_id}/{window}",
@@ -91,10 +98,19 @@ def emit_window_failed(job: JobRef, window: str, *, unknown: bool, reason: str) 
         "cml.reason": reason,
     }
     name = "cml.window.outcome-unknown" if unknown else "cml.window.start-failed"
-    _emit(name, resource, job, {})
+    _emit(name, resource, job, {}, step)
 
 
-def _emit(name: str, resource: dict[str, str], job: JobRef, payload: dict[str, Any]) -> None:
+def _emit(
+    name: str,
+    resource: dict[str, str],
+    job: JobRef,
+    payload: dict[str, Any],
+    step: str | None = None,
+) -> None:
     from prefect.events import emit_event
 
+    if step:
+        resource["prefect.resource.name"] = f"{step}: {resource['prefect.resource.name']}"
+        resource["cml.step"] = step
     emit_event(event=name, resource=resource, related=related(job), payload=payload)

@@ -111,6 +111,7 @@ class _Steps:
             "planned": quote(planned),  # no lineage: steps are ordered here
             "reprocess": Reprocess.ALL if again else Reprocess.MISSING,
             "retry_failed": True,
+            "step": name,
             "credentials": self.settings,
             "project_limit": self.limits[name],
             "follow": True,

@@ -97,10 +97,10 @@ def _follow_run_name(parameters: dict[str, Any]) -> str:
     return f"follow {job_slug(parameters['job'])} run {parameters['run_id']}"
 
 
-def log_started(run: JobRun, window: str | None = None) -> None:
+def log_started(run: JobRun, window: str | None = None, step: str | None = None) -> None:
     """Log the run's page URL as soon as it exists, and emit its `cml.run.started` event."""
     get_run_logger().info("Started CML run %s of %s: %s", run.id, run.job.slug, run.page_url)
-    emit_run_event(run, window)
+    emit_run_event(run, window, step)
 
 
 def _log_change(run: JobRun) -> None:

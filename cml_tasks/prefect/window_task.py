@@ -68,6 +68,7 @@ def start_window(
     record: WindowRecord | None = None,
     record_is_current: bool = False,
     retry_failed: bool = False,
+    step: str | None = None,
 ) -> WindowOutcome:
     """Start the job for one window unless its record says not to; record what happened.
 
@@ -78,7 +79,8 @@ def start_window(
 
     `record`, with `record_is_current=True`, is the window's record as just read (None: it
     has none), so the task need not read it again. `retry_failed`: a failed run is started
-    again under `missing` too (a pipeline's step).
+    again under `missing` too (a pipeline's step). `step`: the pipeline step's name, put in
+    its events.
 
     `project_limit` names a global concurrency limit held while the start is in flight and,
     with `follow=True`, until the CML run ends. Followed windows end `succeeded` (returned) or
@@ -108,15 +110,19 @@ def start_window(
             if isinstance(started, WindowOutcome):
                 if started.result is WindowResult.STARTED and started.engine_id:
                     how = "adopted" if started.adopted else "started"
-                    emit_started(job, planned.label, started.engine_id, started.run_url or "", how)
+                    emit_started(
+                        job, planned.label, started.engine_id, started.run_url or "", how, step
+                    )
                 return started
-            log_started(started, planned.label)
-            return _follow(window, started, settings, poll_interval, max_wait)
+            log_started(started, planned.label, step)
+            return _follow(window, started, settings, poll_interval, max_wait, step)
     except (CMLRunError, CMLWaitTimeout, CMLWaitCancelled) as error:
         return _failed(planned, error)  # the run's own event was emitted
     except CMLError as error:
         unknown = isinstance(error, CMLOutcomeUnknown)
-        emit_window_failed(job, planned.label, unknown=unknown, reason=short_reason(error))
+        emit_window_failed(
+            job, planned.label, unknown=unknown, reason=short_reason(error), step=step
+        )
         return _failed(planned, error)
 
 
@@ -135,6 +141,7 @@ def _follow(
     settings: CMLSettings,
     poll_interval: float,
     max_wait: float | None,
+    step: str | None,
 ) -> WindowOutcome:
     """Wait (holding the caller's slot) for the run to end; record and return/raise its end.
 
@@ -153,7 +160,7 @@ def _follow(
     except CMLWaitCancelled as error:
         window.finish(WindowStatus.RUN_FAILED, error=str(error), run_status="stopped", **fields)
         raise
-    emit_run_event(done, window.planned.label)
+    emit_run_event(done, window.planned.label, step)
     status = done.status.short
     if done.status is RunStatus.SUCCEEDED:
         window.finish(WindowStatus.SUCCEEDED, run_status=status, **fields)
