@@ -107,3 +107,12 @@ def test_emulator_command_serves_the_documented_job() -> None:
         process.terminate()
         output = process.communicate(timeout=10)[0]
     assert f"http://127.0.0.1:{port}" in output
+
+
+def test_every_public_name_is_documented() -> None:
+    """The README is the public API: every name of both `__all__`s appears in it."""
+    import cml_tasks
+    import cml_tasks.prefect
+
+    names = [*cml_tasks.__all__, *cml_tasks.prefect.__all__]
+    assert [name for name in names if not re.search(rf"`{re.escape(name)}`", README)] == []

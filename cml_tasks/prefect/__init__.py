@@ -6,7 +6,7 @@ of a Prefect internal is in `_adapter.py`, pinned by `tests/test_prefect_adapter
 
 from __future__ import annotations
 
-from cml_tasks.pipeline import Pipeline, PipelineReport, Step
+from cml_tasks.pipeline import Pipeline, PipelineFailed, PipelineReport, Step
 from cml_tasks.prefect.backfill import cml_backfill
 from cml_tasks.prefect.blocks import CMLCredentials
 from cml_tasks.prefect.pipeline import cml_pipeline_backfill, cml_pipeline_run
@@ -18,6 +18,7 @@ from cml_tasks.window_options import WindowOptions
 __all__ = [
     "CMLCredentials",
     "Pipeline",
+    "PipelineFailed",
     "PipelineReport",
     "Step",
     "WindowOptions",
