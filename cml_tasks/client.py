@@ -24,12 +24,16 @@ import httpx
 from pydantic import ValidationError
 
 from cml_tasks._http import (
+    ACCEPT_ENCODING,
     LIST_PAGE,
     ONE_OBJECT,
     AnswerReader,
+    enforce_deadlines,
     error_for_response,
     error_for_transport,
     json_body,
+    redact,
+    request_deadline,
     unreadable,
 )
 from cml_tasks._retry import RetryPolicy
@@ -51,6 +55,11 @@ from cml_tasks.settings import CMLSettings
 T = TypeVar("T")
 _LOOKUP_PAGE_SIZE = 100
 _MAX_PAGE_TOKEN = 4096
+MAX_PAGES = 1000
+"""Most pages one listing follows (a project or job lookup, `list_runs`): 100,000 items at
+100 a page. A server still handing out page tokens after that, or handing out a token it
+already gave, is answering wrongly (`CMLProtocolError`), not listing: without the bound a
+repeated `next_page_token` made 1,500 requests in 75 s and never ended."""
 _Flow = Generator["_Request", httpx.Response, T]
 """A v2 call as a generator: yields each request, receives its (successful) answer."""
 
@@ -112,7 +121,11 @@ class _BaseClient:
         return {
             "timeout": httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout),
             "verify": self._verify(),
-            "headers": {"User-Agent": f"cml-prefect/{__version__}"},
+            # Only the codings `AnswerReader` decodes under its cap (httpx would add br, zstd).
+            "headers": {
+                "User-Agent": f"cml-prefect/{__version__}",
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
             "follow_redirects": False,
         }
 
@@ -198,6 +211,11 @@ class _BaseClient:
     def _answer(self, request: _Request, reader: AnswerReader) -> httpx.Response:
         """The answer as read; a 2xx cut at the size cap is unusable (see `unreadable`)."""
         response = reader.response()
+        if response.is_success and reader.refused is not None:
+            raise self._unreadable(
+                request,
+                f"CML answered {response.status_code} with {reader.refused}; refused unread",
+            )
         if response.is_success and not reader.complete:
             raise self._unreadable(
                 request,
@@ -252,9 +270,18 @@ class _BaseClient:
         return project_id, job_id
 
     def _find_project(self, job: JobRef) -> _Flow[str]:
+        """The v2 id of the project named in the job's URL, looked for on every page.
+
+        Two projects with the job's owner and name are refused (`CMLProtocolError`, naming
+        both ids): owner and name make a project's URL, which CML keeps unique, so two is a
+        wrong answer, and the job URL cannot tell them apart; guessing could start a job
+        of the wrong project.
+        """
         wanted = {"name": job.project, "owner.username": job.username}
         params = {"search_filter": json.dumps(wanted), "page_size": str(_LOOKUP_PAGE_SIZE)}
         action = f"Looking up project {job.username}/{job.project}"
+        paging = _Paging(action, job)
+        found: list[str] = []
         while True:
             request = self._v2_request(
                 "GET",
@@ -271,16 +298,29 @@ class _BaseClient:
                 owner = project.get("owner")
                 username = owner.get("username") if isinstance(owner, dict) else None
                 if project.get("name") == job.project and username == job.username:
-                    return _server_id(project.get("id"), "project id", action, job)
-            token = _page_token(body, action, job)
+                    project_id = _server_id(project.get("id"), "project id", action, job)
+                    if project_id not in found:
+                        found.append(project_id)
+            token = paging.follow(_page_token(body, action, job))
             if not token:
-                raise _lookup_failed(f"{action}: no such project visible to this API v2 key", job)
+                break
             params = {**params, "page_token": token}
+        if len(found) > 1:
+            ids = redact(", ".join(found), self._secrets())  # ids are server text, too
+            raise CMLProtocolError(
+                f"{action}: CML lists {len(found)} projects with that owner and name "
+                f"({ids}); refusing to guess which one holds the job",
+                job_url=job.page_url,
+            )
+        if not found:
+            raise _lookup_failed(f"{action}: no such project visible to this API v2 key", job)
+        return found[0]
 
     def _find_job(self, job: JobRef, project_id: str) -> _Flow[str]:
         """The job whose v2 id is the URL's job id, else the one job so named; every page."""
         action = f"Looking up job {job.job_id} in {job.username}/{job.project}"
         params = {"page_size": str(_LOOKUP_PAGE_SIZE)}
+        paging = _Paging(action, job)
         named: list[str] = []
         while True:
             path = f"projects/{_seg(project_id)}/jobs"
@@ -293,7 +333,7 @@ class _BaseClient:
                     return job.job_id
                 if item.get("name") == job.job_id:
                     named.append(_server_id(item.get("id"), "job id", action, job))
-            token = _page_token(body, action, job)
+            token = paging.follow(_page_token(body, action, job))
             if not token:
                 break
             params = {**params, "page_token": token}
@@ -431,6 +471,7 @@ class CMLClient(_BaseClient):
     ) -> None:
         super().__init__(settings, retry)
         self._http = httpx.Client(transport=transport, **self._client_options())
+        enforce_deadlines(self._http)
 
     def start(
         self, job: str | JobRef, environment: Mapping[str, object] | None = None
@@ -494,7 +535,10 @@ class CMLClient(_BaseClient):
         search_filter: Mapping[str, object] | str | None = None,
         retry: RetryPolicy | None = None,
     ) -> Iterator[JobRun]:
-        """Every run of a job, fetching pages lazily as the iteration reaches them."""
+        """Every run of a job, fetching pages lazily as the iteration reaches them; at most
+        `MAX_PAGES` pages, and a page token CML repeats is a `CMLProtocolError`."""
+        ref = self._resolve(job)
+        paging = _Paging(f"Listing runs of {ref.slug}", ref)
         token: str | None = None
         while True:
             page = self.list_runs_page(
@@ -506,9 +550,9 @@ class CMLClient(_BaseClient):
                 retry=retry,
             )
             yield from page.runs
-            if not page.next_page_token:
+            token = paging.follow(page.next_page_token)
+            if not token:
                 return
-            token = page.next_page_token
 
     def _drive(self, flow: _Flow[T]) -> T:
         try:
@@ -532,19 +576,24 @@ class CMLClient(_BaseClient):
             time.sleep(state.delay_before_retry(error))
 
     def _exchange(self, request: _Request) -> httpx.Response:
-        """One request; the answer read within the request's size cap and the time budget."""
-        with self._http.stream(
-            request.method,
-            request.url,
-            content=request.content,
-            headers=request.headers,
-            params=request.params,
-            auth=request.auth,
-        ) as response:
-            reader = AnswerReader(response, limit=request.max_bytes, budget=self.settings.timeout)
+        """One request, connect to last byte within `CML_TIMEOUT` in total; the answer
+        decoded as it arrives, within the request's size cap."""
+        with (
+            request_deadline(self.settings.timeout) as deadline,
+            self._http.stream(
+                request.method,
+                request.url,
+                content=request.content,
+                headers=request.headers,
+                params=request.params,
+                auth=request.auth,
+            ) as response,
+        ):
+            deadline.answered = True
+            reader = AnswerReader(response, limit=request.max_bytes, deadline=deadline)
             try:
                 if reader.wants_more():
-                    for chunk in response.iter_bytes():
+                    for chunk in response.iter_raw():
                         if not reader.add(chunk):
                             break
             except httpx.DecodingError as exc:
@@ -580,6 +629,7 @@ class AsyncCMLClient(_BaseClient):
     ) -> None:
         super().__init__(settings, retry)
         self._http = httpx.AsyncClient(transport=transport, **self._client_options())
+        enforce_deadlines(self._http)
 
     async def start(
         self, job: str | JobRef, environment: Mapping[str, object] | None = None
@@ -643,7 +693,10 @@ class AsyncCMLClient(_BaseClient):
         search_filter: Mapping[str, object] | str | None = None,
         retry: RetryPolicy | None = None,
     ) -> AsyncIterator[JobRun]:
-        """Every run of a job, fetching pages lazily as the iteration reaches them."""
+        """Every run of a job, fetching pages lazily as the iteration reaches them; at most
+        `MAX_PAGES` pages, and a page token CML repeats is a `CMLProtocolError`."""
+        ref = self._resolve(job)
+        paging = _Paging(f"Listing runs of {ref.slug}", ref)
         token: str | None = None
         while True:
             page = await self.list_runs_page(
@@ -656,9 +709,9 @@ class AsyncCMLClient(_BaseClient):
             )
             for run in page.runs:
                 yield run
-            if not page.next_page_token:
+            token = paging.follow(page.next_page_token)
+            if not token:
                 return
-            token = page.next_page_token
 
     async def _drive(self, flow: _Flow[T]) -> T:
         try:
@@ -682,25 +735,28 @@ class AsyncCMLClient(_BaseClient):
             await asyncio.sleep(state.delay_before_retry(error))
 
     async def _exchange(self, request: _Request) -> httpx.Response:
-        """One request; the answer read within the request's size cap and the time budget."""
-        async with self._http.stream(
-            request.method,
-            request.url,
-            content=request.content,
-            headers=request.headers,
-            params=request.params,
-            auth=request.auth,
-        ) as response:
-            reader = AnswerReader(response, limit=request.max_bytes, budget=self.settings.timeout)
-            try:
-                if reader.wants_more():
-                    async for chunk in response.aiter_bytes():
-                        if not reader.add(chunk):
-                            break
-            except httpx.DecodingError as exc:
-                raise self._unreadable(
-                    request, f"CML's answer could not be decoded ({exc})"
-                ) from None
+        """One request, connect to last byte within `CML_TIMEOUT` in total; the answer
+        decoded as it arrives, within the request's size cap."""
+        with request_deadline(self.settings.timeout) as deadline:
+            async with self._http.stream(
+                request.method,
+                request.url,
+                content=request.content,
+                headers=request.headers,
+                params=request.params,
+                auth=request.auth,
+            ) as response:
+                deadline.answered = True
+                reader = AnswerReader(response, limit=request.max_bytes, deadline=deadline)
+                try:
+                    if reader.wants_more():
+                        async for chunk in response.aiter_raw():
+                            if not reader.add(chunk):
+                                break
+                except httpx.DecodingError as exc:
+                    raise self._unreadable(
+                        request, f"CML's answer could not be decoded ({exc})"
+                    ) from None
         return self._answer(request, reader)
 
     async def aclose(self) -> None:
@@ -779,6 +835,41 @@ def _page_token(body: dict[str, Any], action: str, job: JobRef) -> str:
             f"{action}: CML answered an invalid next_page_token", job_url=job.page_url
         )
     return token
+
+
+class _Paging:
+    """The page tokens of one listing, so that a server cannot make it endless."""
+
+    def __init__(self, action: str, job: JobRef) -> None:
+        self._action = action
+        self._job = job
+        self._seen: set[str] = set()
+        self._pages = 0
+
+    def follow(self, token: str) -> str:
+        """Count the page just read and return its `token` ("" after the last page).
+
+        A token already handed out would only lead round the same pages again, and a
+        listing past `MAX_PAGES` pages is not one CML would give: both are a
+        `CMLProtocolError`, raised instead of asking for another page.
+        """
+        self._pages += 1
+        if not token:
+            return token
+        if token in self._seen:
+            raise CMLProtocolError(
+                f"{self._action}: CML answered a next_page_token it had already given "
+                f"(page {self._pages}); stopping, as following it would never end",
+                job_url=self._job.page_url,
+            )
+        if self._pages >= MAX_PAGES:
+            raise CMLProtocolError(
+                f"{self._action}: CML still answered a next_page_token after {MAX_PAGES} "
+                "pages (MAX_PAGES); stopping",
+                job_url=self._job.page_url,
+            )
+        self._seen.add(token)
+        return token
 
 
 def _decode_run(item: dict[str, Any], job: JobRef) -> JobRun:

@@ -6,7 +6,7 @@ import json
 import re
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cml_tasks.job import JobRef
 from cml_tasks.run_status import RunStatus
@@ -50,11 +50,14 @@ class JobRun(BaseModel):
     project_id: str = ""
     job_id: str = ""
     status: RunStatus = RunStatus.UNKNOWN
-    created_at: datetime | None = None
-    scheduling_at: datetime | None = None
-    starting_at: datetime | None = None
-    running_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: AwareDatetime | None = None
+    """CML's clock, with its time zone. A timestamp without one (or not a timestamp at all)
+    makes the run unreadable (`CMLProtocolError` when read): a naive time cannot be compared
+    with an attempt's, and reconciliation must never adopt a run on a guess."""
+    scheduling_at: AwareDatetime | None = None
+    starting_at: AwareDatetime | None = None
+    running_at: AwareDatetime | None = None
+    finished_at: AwareDatetime | None = None
     arguments: str = ""
     environment: dict[str, str] = Field(default_factory=dict)
     creator: str | None = None
@@ -92,8 +95,14 @@ class JobRun(BaseModel):
         "created_at", "scheduling_at", "starting_at", "running_at", "finished_at", mode="before"
     )
     @classmethod
-    def _unset_timestamp(cls, value: object) -> object:
-        return None if value == "" else value
+    def _timestamp_text(cls, value: object) -> object:
+        """Empty is unset; otherwise RFC 3339 text (or a datetime built in-process), never a
+        number, which pydantic would take for seconds since 1970: a wrong shape, not a time."""
+        if value == "":
+            return None
+        if value is None or isinstance(value, str | datetime):
+            return value
+        raise ValueError("not an RFC 3339 timestamp")
 
     @property
     def page_url(self) -> str:

@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias, TypeVar
 
+from cml_tasks._text import printable
 from cml_tasks.client import AsyncCMLClient, CMLClient
 from cml_tasks.environment import validate_environment
-from cml_tasks.errors import CMLError, CMLOutcomeUnknown
+from cml_tasks.errors import CMLError, CMLOutcomeUnknown, CMLProtocolError
 from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun
 
@@ -34,9 +35,26 @@ CLOCK_SKEW = timedelta(minutes=2)
 """How far CML's clock (`created_at`) may be behind ours (`requested_at`)."""
 
 
+def _created_at(run: JobRun) -> datetime | None:
+    """The run's `created_at`, which must carry a time zone.
+
+    `JobRun` refuses a naive timestamp when it reads one; a run built without validation
+    (`model_construct`) could still hold one, and comparing it with an attempt's time
+    raised `TypeError`. It is CML's trouble (`CMLProtocolError`), never a reason to adopt.
+    """
+    created = run.created_at
+    if created is not None and created.utcoffset() is None:
+        raise CMLProtocolError(
+            f"Reading runs of {run.job.slug}: run {printable(run.id)} has a created_at "
+            "without a time zone; it cannot be matched to a start",
+            job_url=run.job.page_url,
+        )
+    return created
+
+
 def is_ours(run: JobRun, environment: Mapping[str, str], since: datetime) -> bool:
     """Created no earlier than `since` (minus the skew) with exactly this environment."""
-    created = run.created_at
+    created = _created_at(run)
     return created is not None and created >= since - CLOCK_SKEW and run.environment == environment
 
 
@@ -45,7 +63,8 @@ def find_started_run(
 ) -> JobRun | None:
     """The run created for `job` since `since` with exactly `environment`, if any."""
     for run in client.list_runs(job, sort="-created_at", page_size=100):
-        if run.created_at is not None and run.created_at < since - CLOCK_SKEW:
+        created = _created_at(run)
+        if created is not None and created < since - CLOCK_SKEW:
             return None  # newest first: everything further is older
         if is_ours(run, environment, since):
             return run
@@ -57,7 +76,8 @@ async def async_find_started_run(
 ) -> JobRun | None:
     """`find_started_run` for asyncio."""
     async for run in client.list_runs(job, sort="-created_at", page_size=100):
-        if run.created_at is not None and run.created_at < since - CLOCK_SKEW:
+        created = _created_at(run)
+        if created is not None and created < since - CLOCK_SKEW:
             return None
         if is_ours(run, environment, since):
             return run

@@ -8,7 +8,11 @@ README: "Bad input and hostile answers" summarises this table by class.
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -20,6 +24,9 @@ from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator, Fault
 
 KEYS = {"CML_API_KEY": DEFAULT_V1_KEY, "CML_API_V2_KEY": DEFAULT_V2_KEY}
 JOB = "{base}/alice/risk-analysis/jobs/208"
+PROJECT_JSON = {"name": "risk-analysis", "owner": {"username": "alice"}}
+BASIC = base64.b64encode(f"{DEFAULT_V1_KEY}:".encode()).decode()
+"""The v1 key as `Authorization: Basic` carries it."""
 RUN_JSON = {
     "id": "abcdefgh12345678",
     "project_id": "lv1g-4hu5-a359-wagc",
@@ -471,6 +478,84 @@ CASES: dict[str, Case] = {
     "stop 200 not an object": Case(
         STOP, ExitCode.SERVER, "without a JSON object", fault=answer("v2.stop_run", "[]"), sent=1
     ),
+    # Issue items 6, 8, 9, 10 and 15.
+    "runs page token repeats": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "next_page_token it had already given",
+        fault=answer("v2.list_runs", {"job_runs": [RUN_JSON], "next_page_token": "again"}),
+        sent=2,
+    ),
+    "lookup page token repeats": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "next_page_token it had already given",
+        fault=answer("v2.list_projects", {"projects": [], "next_page_token": "again"}),
+        sent=2,
+    ),
+    "runs two projects one name": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "2 projects with that owner and name (lv1g-4hu5-a359-wagc, twin-0001)",
+        fault=answer(
+            "v2.list_projects",
+            {
+                "projects": [
+                    {**PROJECT_JSON, "id": "lv1g-4hu5-a359-wagc"},
+                    {**PROJECT_JSON, "id": "twin-0001"},
+                ]
+            },
+        ),
+        sent=1,
+    ),
+    "runs created_at without zone": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "invalid fields, e.g. ('created_at',)",
+        fault=answer(
+            "v2.list_runs", {"job_runs": [{**RUN_JSON, "created_at": "2017-01-01T00:00:00"}]}
+        ),
+        sent=1,
+    ),
+    "start 200 gzip in gzip": Case(
+        START,
+        ExitCode.OUTCOME_UNKNOWN,
+        "Content-Encoding 'gzip, gzip' (more than one content-coding",
+        fault=answer("v1.start", "bomb", headers={"Content-Encoding": "gzip, gzip"}),
+        sent=1,
+    ),
+    "runs 200 gzip in gzip": Case(
+        RUNS,
+        ExitCode.SERVER,
+        "Content-Encoding 'gzip, gzip' (more than one content-coding",
+        fault=answer("v2.list_runs", "bomb", headers={"Content-Encoding": "gzip, gzip"}),
+        sent=1,
+    ),
+    "start 200 unasked coding": Case(
+        START,
+        ExitCode.OUTCOME_UNKNOWN,
+        "Content-Encoding 'br' (not one the client accepts)",
+        fault=answer("v1.start", "brotli?", headers={"Content-Encoding": "br"}),
+        sent=1,
+    ),
+    "start 401 echoes the Basic header": Case(
+        START,
+        ExitCode.AUTH,
+        "bad header Authorization: Basic ***",
+        fault=answer(
+            "v1.start", {"message": f"bad header Authorization: Basic {BASIC}"}, status=401
+        ),
+        sent=1,
+        hidden=(BASIC[:12],),
+    ),
+    "start 400 key across the cut": Case(
+        START,
+        ExitCode.REJECTED,
+        "x***",
+        fault=answer("v1.start", {"message": "x" * 990 + DEFAULT_V1_KEY}, status=400),
+        sent=1,
+        hidden=(DEFAULT_V1_KEY[:6],),
+    ),
 }
 
 
@@ -588,3 +673,39 @@ def test_a_key_that_slips_past_the_settings_never_shows_in_a_transport_error(
         client.list_runs_page(job)
     assert DEFAULT_V2_KEY not in str(caught.value) + repr(caught.value)
     assert "***" in str(caught.value)
+
+
+def test_start_held_by_100_continue_ends_within_cml_timeout(cml: Emulator) -> None:
+    """Issue item 7 through `cml-jobs`: a server answering `100 Continue` every second held
+    `start` past 100 s with CML_TIMEOUT=30. The emulator cannot answer that, so a raw socket
+    does: the start ends within CML_TIMEOUT (2 s) as outcome unknown (exit 7)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def flood() -> None:
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return  # closed: the CLI never came
+        with connection:
+            connection.recv(65536)
+            while not stop.is_set():
+                try:
+                    connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                except OSError:
+                    return
+                time.sleep(1.0)
+
+    threading.Thread(target=flood, daemon=True).start()
+    job = f"http://127.0.0.1:{listener.getsockname()[1]}/alice/risk-analysis/jobs/208"
+    began = time.monotonic()
+    try:
+        env = {**KEYS, "CML_HOST": None, "CML_TIMEOUT": "2"}
+        result = CliRunner().invoke(app, ["start", job], env=env)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - began < 2 + 2
+    assert result.exit_code == ExitCode.OUTCOME_UNKNOWN, result.output
+    assert "headers had not arrived after 2 s (CML_TIMEOUT, in total)" in result.output
+    assert "Traceback" not in result.output

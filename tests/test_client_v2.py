@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 
 import pytest
 
+import cml_tasks.client as client_module
 from cml_tasks import (
     AsyncCMLClient,
     CMLAuthError,
@@ -16,6 +18,7 @@ from cml_tasks import (
     CMLInputError,
     CMLNotFoundError,
     CMLOutcomeUnknown,
+    CMLProtocolError,
     CMLSettings,
     RetryPolicy,
 )
@@ -199,3 +202,136 @@ def test_async_client_has_the_same_calls(emu: Emulator) -> None:
 
     ids = asyncio.run(scenario())
     assert len(ids) == len({r["id"] for r in emu.runs() if r["job_id"] == "211"})
+
+
+RUN_JSON = {
+    "id": "abcdefgh12345678",
+    "project_id": "lv1g-4hu5-a359-wagc",
+    "job_id": "208",
+    "status": "ENGINE_RUNNING",
+    "created_at": "2017-01-01T00:00:00Z",
+}
+PROJECT: dict[str, object] = {
+    "id": "lv1g-4hu5-a359-wagc",
+    "name": "risk-analysis",
+    "owner": {"username": "alice"},
+}
+
+
+def answer(endpoint: str, body: object) -> Fault:
+    return Fault(endpoint=endpoint, kind="answer", body=json.dumps(body))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [
+        ("v2.list_projects", {"projects": [], "next_page_token": "again"}),
+        ("v2.list_jobs", {"jobs": [], "next_page_token": "again"}),
+        ("v2.list_runs", {"job_runs": [RUN_JSON], "next_page_token": "again"}),
+    ],
+    ids=["project lookup", "job lookup", "run listing"],
+)
+def test_repeated_page_token_is_a_protocol_error(
+    emu: Emulator, client: CMLClient, endpoint: str, body: dict[str, object]
+) -> None:
+    """Issue item 6: a `next_page_token` that comes back made 1,500+ requests in 75 s and
+    never ended; the second time a token comes, the listing stops with a protocol error."""
+    url = emu.job_url("alice", "risk-analysis", "208")
+    emu.inject(answer(endpoint, body))
+    before = len(emu.requests())
+    began = time.monotonic()
+    with pytest.raises(CMLProtocolError, match="next_page_token it had already given"):
+        list(client.list_runs(url))
+    assert time.monotonic() - began < 2
+    assert calls(emu, endpoint, before) == 2
+
+
+def test_repeated_page_token_in_the_async_client(emu: Emulator) -> None:
+    """Issue item 6, the async twin of `list_runs`."""
+    url = emu.job_url("alice", "risk-analysis", "208")
+    emu.inject(answer("v2.list_runs", {"job_runs": [RUN_JSON], "next_page_token": "again"}))
+
+    async def scenario() -> None:
+        async with AsyncCMLClient(settings(), retry=FAST_RETRY) as cml:
+            async for _ in cml.list_runs(url):
+                pass
+
+    with pytest.raises(CMLProtocolError, match="already given"):
+        asyncio.run(scenario())
+
+
+def test_paging_stops_after_max_pages(
+    emu: Emulator, client: CMLClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue item 6: tokens that never repeat but never end stop after `MAX_PAGES` pages
+    (1000; 2 here, on the emulator's real paging: 230 jobs on 3 pages of 100, and runs one
+    per page)."""
+    monkeypatch.setattr(client_module, "MAX_PAGES", 2)
+    before = len(emu.requests())
+    with pytest.raises(CMLProtocolError, match="after 2 pages"):
+        client.create_run(emu.job_url("alice", "many-jobs", "j229"))
+    assert calls(emu, "v2.list_jobs", before) == 2
+    url = emu.job_url("alice", "risk-analysis", "212")
+    for n in range(3):
+        client.create_run(url, {"N": str(n)})
+    before = len(emu.requests())
+    with pytest.raises(CMLProtocolError, match=r"after 2 pages \(MAX_PAGES\)"):
+        list(client.list_runs(url, page_size=1))
+    assert calls(emu, "v2.list_runs", before) == 2
+    listed = len(list(client.list_runs(url, page_size=2)))  # two pages: within the bound
+    assert listed == sum(1 for run in emu.runs() if run["job_id"] == "212") == 3
+
+
+def test_two_projects_with_the_same_owner_and_name_are_refused(
+    emu: Emulator, client: CMLClient
+) -> None:
+    """Issue item 10: the first of two `alice/risk-analysis` was used silently. Owner and
+    name make a project's URL, unique in CML: two is a wrong answer (`CMLProtocolError`,
+    exit 6), naming both ids; the job URL cannot say which one is meant."""
+    twin = {**PROJECT, "id": "zzzz-9999-twin-0001"}
+    emu.inject(answer("v2.list_projects", {"projects": [PROJECT, twin]}))
+    runs_before = len(emu.runs())
+    with pytest.raises(CMLProtocolError) as caught:
+        client.create_run(emu.job_url("alice", "risk-analysis", "208"))
+    assert "2 projects with that owner and name" in str(caught.value)
+    assert f"({PROJECT['id']}, {twin['id']})" in str(caught.value)
+    assert len(emu.runs()) == runs_before  # nothing started on a guess
+
+
+@pytest.mark.parametrize(
+    "created_at",
+    ["2017-01-01T00:00:00", "2017-01-01 00:00", "yesterday", 5],
+    ids=["naive", "naive short", "not a time", "a number"],
+)
+def test_run_with_a_naive_or_malformed_created_at_is_a_protocol_error(
+    emu: Emulator, client: CMLClient, created_at: object
+) -> None:
+    """Issue item 9: a `created_at` without a time zone is unusable (it cannot be compared
+    with an attempt's time): reading such a run is a `CMLProtocolError`."""
+    url = emu.job_url("alice", "risk-analysis", "208")
+    run = {**RUN_JSON, "created_at": created_at}
+    emu.inject(answer("v2.list_runs", {"job_runs": [run]}))
+    emu.inject(answer("v2.get_run", run))
+    with pytest.raises(CMLProtocolError, match="created_at"):
+        client.list_runs_page(url)
+    with pytest.raises(CMLProtocolError, match="created_at"):
+        client.get_run(url, RUN_JSON["id"])
+
+
+def test_stacked_content_encoding_on_a_read_is_a_protocol_error(
+    emu: Emulator, client: CMLClient
+) -> None:
+    """Issue item 8 for reads, on the emulator: two content-codings are refused unread
+    (tests/test_client.py serves real gzip bombs and measures the memory)."""
+    url = emu.job_url("alice", "risk-analysis", "208")
+    client.list_runs_page(url)  # warm the id cache
+    emu.inject(
+        Fault(
+            endpoint="v2.list_runs",
+            kind="answer",
+            headers={"Content-Encoding": "gzip, gzip"},
+            body="never decoded",
+        )
+    )
+    with pytest.raises(CMLProtocolError, match="more than one content-coding"):
+        client.list_runs_page(url)

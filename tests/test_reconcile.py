@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
-from cml_tasks import AsyncCMLClient, CMLClient, CMLOutcomeUnknown, CMLSettings, RetryPolicy
+from cml_tasks import (
+    AsyncCMLClient,
+    CMLClient,
+    CMLOutcomeUnknown,
+    CMLProtocolError,
+    CMLSettings,
+    JobRef,
+    JobRun,
+    RetryPolicy,
+)
 from cml_tasks.emulator import DEFAULT_V2_KEY, Emulator, Fault, default_config
-from cml_tasks.reconcile import async_start_run, start_run
+from cml_tasks.reconcile import async_start_run, is_ours, start_run
 
 RETRY = RetryPolicy(attempts=3, timeout=2, wait_initial=0.01, wait_max=0.02)
 SETTINGS = CMLSettings.load(host=None, api_v2_key=DEFAULT_V2_KEY)
@@ -75,3 +86,38 @@ def test_async_twin(emu: Emulator) -> None:
     ids = asyncio.run(scenario())
     assert sorted(ids) == sorted(r["id"] for r in emu.runs())
     assert runs_per_window(emu) == {w["START_DATE"]: 1 for w in windows(3)}
+
+
+def test_naive_created_at_is_never_adopted(emu: Emulator) -> None:
+    """Issue item 9: a run listed with a `created_at` without a time zone made
+    reconciliation raise `TypeError` (exit 1). It is protocol trouble now: the start stays
+    an unknown outcome (caused by the `CMLProtocolError`), nothing is adopted on it and
+    nothing is started again."""
+    url = emu.job_url("alice", "risk-analysis", "208")
+    window = windows(1)[0]
+    naive = {
+        "id": "abcdefgh12345678",
+        "status": "ENGINE_RUNNING",
+        "environment": json.dumps(window),  # the very environment of the attempt
+        "created_at": datetime.now(UTC).replace(tzinfo=None).isoformat(),
+    }
+    emu.inject(Fault(endpoint="v2.create_run", kind="lost_answer", times=1))
+    emu.inject(
+        Fault(endpoint="v2.list_runs", kind="answer", body=json.dumps({"job_runs": [naive]}))
+    )
+    with CMLClient(SETTINGS, retry=RETRY) as cml, pytest.raises(CMLOutcomeUnknown) as caught:
+        start_run(cml, url, window, settle=0)
+    assert isinstance(caught.value.__cause__, CMLProtocolError)
+    assert "created_at" in str(caught.value.__cause__)
+    assert len(emu.runs()) == 1  # the lost start's run; none started again blindly
+
+
+def test_a_naive_created_at_built_without_validation_is_never_ours() -> None:
+    """Issue item 9, defence in depth: a `JobRun` made with `model_construct` skips the
+    model's check; comparing its naive time raises `CMLProtocolError`, not `TypeError`."""
+    job = JobRef.parse("https://cml.example.com/alice/risk-analysis/jobs/208")
+    run = JobRun.model_construct(
+        id="abcdefgh12345678", job=job, environment={}, created_at=datetime(2017, 1, 1)
+    )
+    with pytest.raises(CMLProtocolError, match="without a time zone"):
+        is_ours(run, {}, datetime.now(UTC))
