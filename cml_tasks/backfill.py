@@ -359,6 +359,21 @@ class WindowOutcome(BaseModel):
         return self.result.failed
 
     @classmethod
+    def skipped(
+        cls, job: JobRef, planned: PlannedWindow, reason: str, record: WindowRecord | None
+    ) -> WindowOutcome:
+        """A skipped window's row, with the run its `record` names (a report links it)."""
+        return cls.of(
+            job,
+            planned,
+            WindowResult.SKIPPED,
+            reason=reason,
+            engine_id=record.engine_id if record else None,
+            run_url=record.run_url if record else None,
+            run_status=record.run_status if record else None,
+        )
+
+    @classmethod
     def of(
         cls, job: JobRef, planned: PlannedWindow, result: WindowResult, **fields: Any
     ) -> WindowOutcome:

@@ -57,10 +57,11 @@ def settled(
         return None
     outcomes = []
     for planned in plan.windows:
-        reason = settled_skip(records.get(planned.key), mode, options.get("follow", False))
+        record = records.get(planned.key)
+        reason = settled_skip(record, mode, options.get("follow", False))
         if reason is None:
             return None
-        outcomes.append(WindowOutcome.of(plan.job, planned, WindowResult.SKIPPED, reason=reason))
+        outcomes.append(WindowOutcome.skipped(plan.job, planned, reason, record))
     return BackfillReport(job_url=plan.job.page_url, outcomes=outcomes), api.url
 
 

@@ -115,7 +115,7 @@ class WindowStart:
         if action is Action.UNKNOWN and not self.can_reconcile:
             raise self._unknown(reason)
         if action is Action.SKIP and not self._resumable(self.seen):
-            return self._skipped(reason)
+            return self._skipped(reason, self.seen)
         return None
 
     def start(self, client: CMLClient) -> WindowOutcome | JobRun:
@@ -132,7 +132,7 @@ class WindowStart:
                 self.log.info("Following %s's run %s again: %s", self.planned.label, run.id, reason)
                 return run
             if action is Action.SKIP:
-                return self._skipped(reason)
+                return self._skipped(reason, record)
             if action is Action.UNKNOWN and not self.can_reconcile:
                 raise self._unknown(reason)
             attempt = self._attempt_record(record, action)
@@ -371,19 +371,10 @@ class WindowStart:
             and record.engine_id is not None
         )
 
-    def _skipped(self, reason: str) -> WindowOutcome:
-        """Skipped, with the run its record names (a grid links it)."""
+    def _skipped(self, reason: str, seen: WindowRecord | None) -> WindowOutcome:
+        """Skipped, with the run its record `seen` (as last read) names."""
         self.log.info("Skipping %s: %s", self.planned.label, reason)
-        seen = self.seen
-        return WindowOutcome.of(
-            self.job,
-            self.planned,
-            WindowResult.SKIPPED,
-            reason=reason,
-            engine_id=seen.engine_id if seen else None,
-            run_url=seen.run_url if seen else None,
-            run_status=seen.run_status if seen else None,
-        )
+        return WindowOutcome.skipped(self.job, self.planned, reason, seen)
 
     def _unknown(self, reason: str) -> CMLOutcomeUnknown:
         return CMLOutcomeUnknown(

@@ -170,11 +170,10 @@ def _run_in_process(
         on_done(failed_outcome(planned, plan.job, value))
 
     for planned in plan.windows:
-        skipped = settled_skip(
-            known.get(planned.key), window_arguments["reprocess"], window_arguments["follow"]
-        )
+        record = known.get(planned.key)
+        skipped = settled_skip(record, window_arguments["reprocess"], window_arguments["follow"])
         if skipped is not None:  # started already: no task run, no request, only its row
-            on_done(WindowOutcome.of(plan.job, planned, WindowResult.SKIPPED, reason=skipped))
+            on_done(WindowOutcome.skipped(plan.job, planned, skipped, record))
             continue
         while len(by_future) >= max_concurrency:
             collect(next(as_completed(list(by_future))))
