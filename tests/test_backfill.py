@@ -96,6 +96,24 @@ def test_decide(status: WindowStatus | None, missing: Action, failed: Action, al
     assert decide_record(record, Reprocess.ALL)[0] is all_
 
 
+@pytest.mark.parametrize(
+    ("status", "action"),
+    [
+        (None, Action.START),
+        (WindowStatus.SUCCEEDED, Action.SKIP),
+        (WindowStatus.STARTED, Action.SKIP),  # followed again, not started
+        (WindowStatus.RUN_FAILED, Action.START),
+        (WindowStatus.START_FAILED, Action.START),
+        (WindowStatus.OUTCOME_UNKNOWN, Action.UNKNOWN),
+    ],
+)
+def test_a_pipeline_step_starts_whatever_has_not_succeeded(
+    status: WindowStatus | None, action: Action
+) -> None:
+    record = None if status is None else _record(status)
+    assert decide_record(record, Reprocess.MISSING, retry_failed=True)[0] is action
+
+
 # --- the flow on the emulator ------------------------------------------------------------------
 
 
@@ -420,16 +438,33 @@ def test_reprocess_failed_and_all(emu: Emulator) -> None:
     assert _starts(emu) == Counter({"2017-01-01": 2, "2017-02-01": 2, "2017-03-01": 1})
 
 
-def test_outcome_unknown_is_reported_and_never_retried(emu: Emulator) -> None:
+def test_outcome_unknown_is_reported_and_never_retried(
+    emu: Emulator, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     from cml_tasks.prefect.records import window_records
 
     # The 2nd start is created but its answer is lost; the 3rd gets a 502 (may have started).
     emu.inject(Fault(endpoint="v1.start", kind="lost_answer", calls=(2,)))
     emu.inject(Fault(endpoint="v1.start", kind="502", calls=(3,)))
     state = _backfill(emu, "2017-01-01", "2017-04-30", max_concurrency=1)
+    printed = capfd.readouterr().err  # Prefect's console log
     assert state.is_failed()
     assert "2017-02: outcome unknown" in state.message
     assert "2017-03: outcome unknown" in state.message
+    # Their task runs say so in the UI's lists and filters; no stray empty traceback.
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    names = sorted(run.state.name for run in task_runs if run.state is not None)
+    assert names == ["Completed", "Completed", "Outcome unknown", "Outcome unknown"]
+    assert "Task run failed with state: Outcome unknown" in printed
+    assert "NoneType: None" not in printed
     plan = plan_backfill(
         JobRef.parse(emu.job_url("alice", "risk-analysis", "208")), JAN, date(2017, 4, 30)
     )

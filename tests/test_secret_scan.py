@@ -179,7 +179,8 @@ def _flows(cml: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     from cml_tasks.prefect import tasks
     from cml_tasks.prefect.backfill import cml_backfill
     from cml_tasks.prefect.blocks import CMLCredentials
-    from cml_tasks.prefect.window_run import OUTCOME_UNKNOWN_STATE, cml_window_run
+    from cml_tasks.prefect.naming import OUTCOME_UNKNOWN_STATE
+    from cml_tasks.prefect.window_run import cml_window_run
 
     ok = cml.job_url("alice", "risk-analysis", "208")
     failing = cml.job_url("alice", "risk-analysis", "209")

@@ -7,6 +7,7 @@ breaks one module and one test file, not the behaviour of a backfill in producti
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -81,3 +82,22 @@ def flush_to_api(timeout: float = 10.0) -> None:
 
     APILogWorker.drain_all(timeout=timeout)
     EventsWorker.drain_all(timeout=timeout)
+
+
+class _NoEmptyTraceback(logging.Filter):
+    """Drops `exc_info` from a record logged outside any exception (it prints as the line
+    `NoneType: None`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is not None and record.exc_info[0] is None:
+            record.exc_info = None
+        return True
+
+
+def drop_empty_tracebacks() -> None:
+    """Prefect's task engine logs a task run that returned a Failed state with
+    `exc_info=True` but no exception (`prefect.task_engine`, "Task run failed with state"),
+    which prints a stray `NoneType: None`: filter that out of the task-run logger."""
+    logger = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _NoEmptyTraceback) for f in logger.filters):
+        logger.addFilter(_NoEmptyTraceback())

@@ -56,7 +56,13 @@ from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import block_reference
 from cml_tasks.prefect.api import tag_current_flow_run
 from cml_tasks.prefect.blocks import CMLCredentials
-from cml_tasks.prefect.naming import artifact_key, job_slug, job_tags, short_reason
+from cml_tasks.prefect.naming import (
+    OUTCOME_UNKNOWN_STATE,
+    artifact_key,
+    job_slug,
+    job_tags,
+    short_reason,
+)
 from cml_tasks.prefect.project_limit import (
     DEFAULT_PROJECT_LIMIT,
     ensure_project_limit,
@@ -66,7 +72,6 @@ from cml_tasks.prefect.project_limit import (
 )
 from cml_tasks.prefect.records import NOT_SHARED, window_records
 from cml_tasks.prefect.tasks import resolve_settings
-from cml_tasks.prefect.window_run import OUTCOME_UNKNOWN_STATE
 from cml_tasks.prefect.window_task import start_window
 from cml_tasks.run_errors import CMLRunError, CMLWaitTimeout
 from cml_tasks.window_options import WindowOptions

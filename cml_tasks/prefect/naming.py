@@ -10,6 +10,11 @@ from cml_tasks.errors import CMLError, CMLHTTPError, CMLInputError, CMLOutcomeUn
 from cml_tasks.job import JobRef
 from cml_tasks.run_errors import CMLRunError, CMLWaitTimeout
 
+OUTCOME_UNKNOWN_STATE = "Outcome unknown"
+"""The name of a Failed state (a window's task run, a window run) when a run may exist: the
+UI's lists and filters tell it from a failure, and scale-out dispatch reads it (a state name
+is public; an error message is not an interface)."""
+
 
 def job_slug(job: object) -> str:
     """`risk-analysis/208`, or the text as given when it does not parse (naming must not fail)."""

@@ -25,17 +25,19 @@ from cml_tasks.errors import CMLError, CMLOutcomeUnknown
 from cml_tasks.models import StartedRun
 from cml_tasks.prefect.api import tag_current_flow_run
 from cml_tasks.prefect.blocks import CMLCredentials
-from cml_tasks.prefect.naming import artifact_key, job_slug, job_tags, short_reason
+from cml_tasks.prefect.naming import (
+    OUTCOME_UNKNOWN_STATE,
+    artifact_key,
+    job_slug,
+    job_tags,
+    short_reason,
+)
 from cml_tasks.prefect.project_limit import ensure_project_limit
 from cml_tasks.prefect.records import NOT_SHARED, window_records
 from cml_tasks.prefect.tasks import resolve_settings
 from cml_tasks.prefect.window_task import start_window
 from cml_tasks.window_options import WindowOptions
 from cml_tasks.window_plan import WindowPlan, plan_window_run
-
-OUTCOME_UNKNOWN_STATE = "Outcome unknown"
-"""The name of a window run's Failed state when its start may have happened: scale-out
-dispatch reads it (a state name is public; an error message is not an interface)."""
 
 
 def scheduled_start() -> datetime | None:

@@ -26,9 +26,10 @@ from cml_tasks.backfill import (
 from cml_tasks.errors import CMLError, CMLOutcomeUnknown, CMLWaitCancelled
 from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun
+from cml_tasks.prefect._adapter import drop_empty_tracebacks
 from cml_tasks.prefect.blocks import CMLCredentials
 from cml_tasks.prefect.events import emit_run_event, emit_started, emit_window_failed
-from cml_tasks.prefect.naming import short_reason
+from cml_tasks.prefect.naming import OUTCOME_UNKNOWN_STATE, short_reason
 from cml_tasks.prefect.project_limit import project_slot
 from cml_tasks.prefect.records import window_records
 from cml_tasks.prefect.tasks import follow_to_end, log_started, resolve_settings, shared_client
@@ -38,6 +39,8 @@ from cml_tasks.run_status import RunStatus
 from cml_tasks.settings import CMLSettings
 from cml_tasks.waiting import raise_for_status
 from cml_tasks.window_start import WindowStart
+
+drop_empty_tracebacks()
 
 
 @shared
@@ -128,9 +131,10 @@ def start_window(
 
 def _failed(planned: PlannedWindow, error: CMLError) -> WindowOutcome:
     """A Failed state with a short reason (a state is what the task returns; Prefect then
-    logs one line, not a traceback)."""
+    logs one line, not a traceback), named `Outcome unknown` when a run may exist."""
+    name = OUTCOME_UNKNOWN_STATE if isinstance(error, CMLOutcomeUnknown) else "Failed"
     state: WindowOutcome = Failed(  # type: ignore[assignment]
-        message=f"{planned.label}: {short_reason(error)}", data=error
+        name=name, message=f"{planned.label}: {short_reason(error)}", data=error
     )
     return state
 
