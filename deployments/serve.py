@@ -66,6 +66,7 @@ def served_deployments(
             tags=spec.get("tags"),
             parameters=parameters,
             schedules=schedules,
+            concurrency_limit=spec.get("concurrency_limit"),
         )
         assert isinstance(deployment, RunnerDeployment)
         deployments.append(deployment)

@@ -72,6 +72,12 @@ def test_scale_out_dispatches_each_window_once(
         CML_API_KEY=DEFAULT_V1_KEY, CML_JOB_URL=url, PREFECT_WORKER_QUERY_SECONDS="1"
     )
     _deploy_monthly(env)
+    from prefect.client.orchestration import get_client
+
+    with prefect_server.as_current_api(), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(DEPLOYMENT)
+    limit = deployment.global_concurrency_limit
+    assert limit is not None and limit.limit == 4  # `concurrency_limit: 4` bounds the runs
 
     report = _backfill(prefect_server, url, date(2017, 3, 31))
     assert [o.result for o in report.outcomes] == ["dispatched"] * 3
