@@ -26,7 +26,7 @@ test: $(INSTALLED)
 
 # While editing: lint, types and the tests that need no server (under a minute).
 check: lint
-	$(BIN)/pytest -m "not server" -q -n 4
+	$(BIN)/pytest -m "not server" -q -n 4 --dist loadfile
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

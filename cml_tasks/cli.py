@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -116,6 +121,44 @@ def bad_input(message: str) -> NoReturn:
     raise typer.Exit(ExitCode.BAD_INPUT)
 
 
+INTERRUPTED = 130
+"""The exit code of an interrupted command (128 + SIGINT), whichever signal interrupted it."""
+_STOPPING_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def stopping_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (`kill`, a closed terminal, a cancelled CI job) raise
+    KeyboardInterrupt as SIGINT does, so a followed run is stopped and a start in flight is
+    reported, instead of the process dying while its CML run goes on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = {sig: signal.signal(sig, _interrupt) for sig in _STOPPING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def interrupted_start(job: str) -> NoReturn:
+    """Exit 130 saying that the run may exist: the start request may have reached CML."""
+    typer.echo(
+        f"Interrupted while starting {printable(job)}: the request may have reached CML, so "
+        f"the run may have started. Check with `cml-jobs runs {printable(job)}` before "
+        "starting it again.",
+        err=True,
+    )
+    raise typer.Exit(INTERRUPTED)
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
@@ -207,8 +250,14 @@ def start_and_follow(
 
     try:
         environment = parse_assignments(assignments)
-        with CMLClient(settings or CMLSettings.load(required=("api_v2_key",))) as client:
-            run = start_run(client, job, environment)
+        with (
+            stopping_signals_interrupt(),
+            CMLClient(settings or CMLSettings.load(required=("api_v2_key",))) as client,
+        ):
+            try:
+                run = start_run(client, job, environment)
+            except KeyboardInterrupt:
+                interrupted_start(job)
             done = wait_for_run(
                 client, run, poll_interval=poll_interval, max_wait=max_wait, on_change=show
             )
@@ -308,8 +357,14 @@ def start_and_report(
     try:
         ref = JobRef.parse(job)
         environment = parse_assignments(assignments)
-        with CMLClient(settings or CMLSettings.load(required=("api_key",))) as client:
-            run = client.start(ref, environment)
+        with (
+            stopping_signals_interrupt(),
+            CMLClient(settings or CMLSettings.load(required=("api_key",))) as client,
+        ):
+            try:
+                run = client.start(ref, environment)
+            except KeyboardInterrupt:
+                interrupted_start(job)
     except CMLError as error:
         fail(error, as_json=as_json)
     if as_json:
@@ -419,7 +474,7 @@ def windows(
     width = max(len(window.label) for window in found)
     for window in found:
         shown = " ".join(f"{k}={v}" for k, v in rendering.environment(window).items())
-        typer.echo(f"  {window.label:<{width}}  {shown}")
+        typer.echo(printable(f"  {window.label:<{width}}  {shown}"))
 
 
 OptionalJobArgument = Annotated[

@@ -22,6 +22,21 @@ def check_name(name: object) -> str:
     return name
 
 
+def check_text(name: str, value: str) -> str:
+    """A value that is UTF-8 text: bytes a terminal could not decode (`-e $'A=\\xff'`) reach
+    Python as lone surrogates, which would be sent to CML as garbage and start a run."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        shown = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise CMLInputError(
+            f"Environment variable {name} is not valid UTF-8 text ({shown} at position "
+            f"{exc.start}): CML passes values as text; give it as UTF-8"
+        ) from None
+    return value
+
+
 def validate_environment(environment: Mapping[str, object] | None) -> dict[str, str]:
     """Names must be valid variable names and values strings (CML rejects anything else)."""
     if environment is None:
@@ -38,7 +53,7 @@ def validate_environment(environment: Mapping[str, object] | None) -> dict[str, 
                 f"Environment variable {name} must be a string, not {type(value).__name__} "
                 f"({value!r}); CML passes values as text"
             )
-        checked[name] = value
+        checked[name] = check_text(name, value)
     return checked
 
 
@@ -54,5 +69,5 @@ def parse_assignments(items: Iterable[str]) -> dict[str, str]:
         check_name(name)
         if name in environment:
             raise CMLInputError(f"Environment variable {name} is given twice")
-        environment[name] = value
+        environment[name] = check_text(name, value)
     return environment

@@ -20,6 +20,7 @@ _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,99}")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _MAX_URL = 2048
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _EXAMPLE = "https://ml.example.com/alice/risk-analysis/jobs/208"
 
 
@@ -59,6 +60,12 @@ class JobRef(BaseModel):
     def from_url(cls, url: str) -> JobRef:
         """Parse a job Overview page URL: `http(s)://<host>/<user>/<project>/jobs/<job id>`."""
         parts = _split_url(url, "job URL")
+        if parts.query or parts.fragment or url.strip()[-1:] in ("?", "#"):
+            # Dropped silently, a `?` or `#` could hide a mistyped or pasted-together URL.
+            raise CMLInputError(
+                f"Invalid job URL {_shown(url)}: a job URL has no ?query or #fragment; "
+                f"give the Overview page URL, e.g. {_EXAMPLE}"
+            )
         path = parts.path.rstrip("/").split("/")[1:]
         if len(path) != 4 or path[2] != "jobs":
             raise CMLInputError(
@@ -177,8 +184,11 @@ def _base_url(parts: SplitResult) -> str:
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
+    scheme = parts.scheme.lower()
     port = parts.port
-    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port is not None else "")
+    if port == _DEFAULT_PORTS[scheme]:
+        port = None  # https://h:443 is https://h: one origin, one spelling
+    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def _valid_host(host: str) -> bool:

@@ -50,17 +50,34 @@ def show(records: list[WindowRecord], job: JobRef, *, as_json: bool) -> None:
     typer.echo(f"{len(records)} windows with a record")
 
 
+def span(record: WindowRecord) -> str:
+    """`FIRST..LAST` (inclusive): names one record even when labels and start dates clash."""
+    last = Window(start=record.window_start, end=record.window_end).last_day
+    return f"{record.window_start.isoformat()}..{last.isoformat()}"
+
+
+def pick(records: list[WindowRecord], window: str, job: JobRef) -> WindowRecord:
+    """The one record `window` names (its label, first day, or `FIRST..LAST`); a
+    `LookupError` when none does, or when several do (a monthly and a daily record both
+    starting 2018-01-01): deleting a guess would lose a record the user meant to keep."""
+    matches = [r for r in records if window in (label(r), r.window_start.isoformat(), span(r))]
+    if not matches:
+        raise LookupError(f"no record of window {window!r} for {job.slug}: see `cml-jobs records`")
+    if len(matches) > 1:
+        listed = ", ".join(f"{span(r)} ({label(r)})" for r in matches)
+        raise LookupError(
+            f"window {window!r} names {len(matches)} records of {job.slug}: {listed}; "
+            "give the one to forget as FIRST..LAST"
+        )
+    return matches[0]
+
+
 def forget(job: JobRef, window: str, *, yes: bool) -> None:
     """Delete the record of the window labelled `window` (as `records` shows it), after
     asking; the next backfill or scheduled run starts that window again."""
     from cml_tasks.prefect.records import window_records
 
-    matches = [
-        r for r in load(job, None, None)[0] if window in (label(r), r.window_start.isoformat())
-    ]
-    if not matches:
-        raise LookupError(f"no record of window {window!r} for {job.slug}: see `cml-jobs records`")
-    (record,) = matches
+    record = pick(load(job, None, None)[0], window, job)
     what = f"window {label(record)} of {job.slug} ({record.status.replace('_', ' ')}"
     what += f", run {record.engine_id})" if record.engine_id else ")"
     if not yes and not typer.confirm(

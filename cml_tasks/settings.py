@@ -6,6 +6,8 @@ fails the same way, before any request, when something is missing or malformed.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,14 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cml_tasks._text import has_unsafe
+from cml_tasks._text import has_unsafe, printable
 from cml_tasks.errors import CMLConfigError
 
 ENV_PREFIX = "CML_"
 MAX_TIMEOUT = 3600.0
 """Seconds; a longer timeout is a typo (and `inf` would overflow the socket layer)."""
+MIN_TIMEOUT = 0.1
+"""Seconds; a shorter timeout (`1e-9`) cannot even connect, so every request would fail."""
 _MAX_KEY = 1024
 _PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
@@ -49,11 +53,15 @@ class CMLSettings(BaseSettings):
         default=None, description="CA bundle (PEM) to verify the server with."
     )
     connect_timeout: float = Field(
-        default=10.0, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False, description="Seconds to connect."
+        default=10.0,
+        ge=MIN_TIMEOUT,
+        le=MAX_TIMEOUT,
+        allow_inf_nan=False,
+        description="Seconds to connect.",
     )
     timeout: float = Field(
         default=30.0,
-        gt=0,
+        ge=MIN_TIMEOUT,
         le=MAX_TIMEOUT,
         allow_inf_nan=False,
         description="Seconds to wait for an answer.",
@@ -115,6 +123,7 @@ class CMLSettings(BaseSettings):
         """Read the settings; one `CMLConfigError` names every variable that is malformed,
         and every one of `required` that is missing."""
         required = tuple(required)
+        _check_env_files(overrides.get("_env_file", cls.model_config.get("env_file")))
         try:
             settings = cls(**overrides)
         except ValidationError as exc:
@@ -167,3 +176,36 @@ class CMLSettings(BaseSettings):
 def env_var(field: str) -> str:
     """The environment variable that sets a settings field."""
     return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _check_env_files(env_file: object) -> None:
+    """Refuse a `.env` that is not a regular UTF-8 file before pydantic-settings reads it:
+    a FIFO would block every command, and another encoding would end in a traceback."""
+    if env_file is None:
+        return
+    names: list[Any] = (
+        [env_file] if isinstance(env_file, str | os.PathLike) else list(env_file)  # type: ignore[call-overload]
+    )
+    for name in names:
+        path = Path(name).expanduser()
+        shown = printable(path)
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise CMLConfigError(f"Cannot read the settings file {shown}: {exc.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise CMLConfigError(
+                f"The settings file {shown} is not a regular file (a FIFO, device or "
+                "directory); refusing to read it: replace it with a plain file"
+            )
+        try:
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CMLConfigError(
+                f"The settings file {shown} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                f"at offset {exc.start}; saved as Latin-1 or UTF-16?): save it as UTF-8"
+            ) from None
+        except OSError as exc:
+            raise CMLConfigError(f"Cannot read the settings file {shown}: {exc.strerror}") from None

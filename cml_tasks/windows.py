@@ -45,10 +45,12 @@ from pydantic import (
     model_validator,
 )
 
+from cml_tasks._text import printable
 from cml_tasks.environment import ENV_NAME
 from cml_tasks.errors import CMLInputError
 
 __all__ = [
+    "MAX_WINDOWS",
     "Cadence",
     "Rendering",
     "Unit",
@@ -62,6 +64,11 @@ __all__ = [
 ]
 
 _EPOCH = date(1970, 1, 1)
+MAX_WINDOWS = 100_000
+"""Most windows one range may hold (274 years of days): a range beyond it is a typo, and
+building it would take minutes and gigabytes before anything is shown or started."""
+MAX_EVERY_DIGITS = 6
+"""Digits of a cadence's count: 999999 days is 2,700 years, past any supported date."""
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -350,6 +357,10 @@ def _parse_every_fields(text: str) -> dict[str, Any]:
     if match is None or unit is None:
         raise CMLInputError(f"unknown frequency {text!r}: accepted {_EVERY_FORMS}")
     count = match.group(1)
+    if count is not None and len(count.lstrip("0")) > MAX_EVERY_DIGITS:
+        # int() refuses over 4,300 digits with a ValueError; a count this long is a typo.
+        shown = printable(repr(text)[:40]) + ("..." if len(text) > 40 else "")
+        raise CMLInputError(f"frequency {shown}: the count has more than {MAX_EVERY_DIGITS} digits")
     if count is not None:
         if match.group(2) in ("daily", "weekly", "monthly", "quarterly", "yearly"):
             raise CMLInputError(
@@ -400,6 +411,12 @@ def windows_between(start: date, end: date, cadence: Cadence) -> list[Window]:
             "the range is inclusive, so end must be on or after start"
         )
     first, last = cadence._index(start), cadence._index(end)
+    if last - first + 1 > MAX_WINDOWS:
+        raise CMLInputError(
+            f"{start.isoformat()}..{end.isoformat()} holds {last - first + 1:,} windows of "
+            f"{cadence}, more than the maximum of {MAX_WINDOWS:,} (MAX_WINDOWS): "
+            "choose a shorter range or a longer cadence"
+        )
     starts = [cadence._start(i) for i in range(first, last + 2)]
     return [Window(start=a, end=b) for a, b in pairwise(starts)]
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -80,7 +82,10 @@ CASES: dict[str, Case] = {
         {"CML_TIMEOUT": "1e300"},
     ),
     "timeout negative": Case(
-        START, BAD, "CML_TIMEOUT: Input should be greater than 0", {"CML_TIMEOUT": "-1"}
+        START,
+        BAD,
+        "CML_TIMEOUT: Input should be greater than or equal to 0.1",
+        {"CML_TIMEOUT": "-1"},
     ),
     "connect timeout inf": Case(
         START,
@@ -548,6 +553,83 @@ CASES: dict[str, Case] = {
         sent=1,
         hidden=(BASIC[:12],),
     ),
+    # Issue items 11, 12, 13, 14 and 21.
+    "item 11 windows daily 0001..9999": Case(
+        ("windows", "--from", "0001-01-01", "--to", "9999-12-30", "--every", "day", "--json"),
+        BAD,
+        "holds 3,652,058 windows of every day (UTC), more than the maximum of 100,000 "
+        "(MAX_WINDOWS)",
+    ),
+    "item 11 windows daily 1000 years": Case(
+        ("windows", "--from", "1000-01-01", "--to", "1999-12-31", "--every", "day"),
+        BAD,
+        "more than the maximum of 100,000 (MAX_WINDOWS)",
+    ),
+    "item 11 backfill dry run daily 0001..9999": Case(
+        (
+            "backfill",
+            JOB,
+            "--from",
+            "0001-01-01",
+            "--to",
+            "9999-12-30",
+            "--every",
+            "day",
+            "--dry-run",
+        ),
+        BAD,
+        "more than the maximum of 100,000 (MAX_WINDOWS)",
+    ),
+    "item 12 every with 5000 digits": Case(
+        (*WINDOWS, "--every", "9" * 5000 + " days"),
+        BAD,
+        "the count has more than 6 digits",
+    ),
+    "item 13 env value not UTF-8": Case(
+        (*START, "-e", "A=\udcff\udcfe"),
+        BAD,
+        "Environment variable A is not valid UTF-8 text (byte 0xff at position 0)",
+    ),
+    "item 13 env value not UTF-8 with wait": Case(
+        (*WAIT, "-e", "A=ok\udcff"), BAD, "Environment variable A is not valid UTF-8 text"
+    ),
+    "item 13 windows set not UTF-8": Case(
+        (*WINDOWS, "--set", "A=\udcff"), BAD, "Environment variable A is not valid UTF-8 text"
+    ),
+    "item 14 windows set escape": Case(
+        (*WINDOWS, "--set", "A=x\x1b]0;pwned\x07\n  2099-01  START_DATE=forged"),
+        ExitCode.OK,
+        "A=x\\x1b]0;pwned\\x07\\x0a  2099-01",
+        hidden=("\x1b", "\x07", "\n  2099-01"),
+    ),
+    "item 14 windows date format newline": Case(
+        (*WINDOWS, "--date-format", "%Y-%m-%d%n"),
+        ExitCode.OK,
+        "START_DATE=2017-01-01\\x0a END_DATE=2017-01-31\\x0a",
+        hidden=("2017-01-01\n",),
+    ),
+    "item 21 timeout 1e-9": Case(
+        START,
+        BAD,
+        "CML_TIMEOUT: Input should be greater than or equal to 0.1",
+        {"CML_TIMEOUT": "1e-9"},
+    ),
+    "item 21 connect timeout 1e-9": Case(
+        START,
+        BAD,
+        "CML_CONNECT_TIMEOUT: Input should be greater than or equal to 0.1",
+        {"CML_CONNECT_TIMEOUT": "1e-9"},
+    ),
+    "item 21 job url query": Case(
+        ("start", "{base}/alice/risk-analysis/jobs/208?tab=history"),
+        BAD,
+        "a job URL has no ?query or #fragment",
+    ),
+    "item 21 job url fragment": Case(
+        ("start", "{base}/alice/risk-analysis/jobs/208#runs"),
+        BAD,
+        "a job URL has no ?query or #fragment",
+    ),
     "start 400 key across the cut": Case(
         START,
         ExitCode.REJECTED,
@@ -708,4 +790,62 @@ def test_start_held_by_100_continue_ends_within_cml_timeout(cml: Emulator) -> No
     assert time.monotonic() - began < 2 + 2
     assert result.exit_code == ExitCode.OUTCOME_UNKNOWN, result.output
     assert "headers had not arrived after 2 s (CML_TIMEOUT, in total)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_item_11_backfill_pipeline_dry_run_refuses_too_many_windows(
+    cml: Emulator, tmp_path: Path
+) -> None:
+    """`backfill --pipeline ... --dry-run` plans through `windows_between` too: refused at
+    once (it ran past 7 minutes), naming the maximum."""
+    jobs = f"{cml.url}/alice/risk-analysis/jobs"
+    pipeline = tmp_path / "risk.yaml"
+    pipeline.write_text(
+        "name: risk-daily\noptions: {every: day}\nsteps:\n"
+        f"  - {{name: ingest, job: {jobs}/208}}\n",
+        encoding="utf-8",
+    )
+    args = ["backfill", "--pipeline", str(pipeline), "--from", "0001-01-01"]
+    args += ["--to", "9999-12-30", "--dry-run"]
+    before = len(cml.requests())
+    started = time.monotonic()
+    result = CliRunner().invoke(app, args, env={**KEYS, "CML_HOST": None})
+    assert time.monotonic() - started < 10
+    assert result.exit_code == BAD, result.output
+    assert "more than the maximum of 100,000 (MAX_WINDOWS)" in result.output
+    assert "Traceback" not in result.output
+    assert len(cml.requests()) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("CML_API_KEY=caf\xe9\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 at offset 15"),
+        ("CML_API_KEY=x\n".encode("utf-16"), "is not UTF-8 text (byte 0xff at offset 0"),
+    ],
+    ids=["latin-1", "utf-16"],
+)
+def test_item_12_dotenv_not_utf8_exits_2(
+    cml: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, message: str
+) -> None:
+    """A `.env` in another encoding was a UnicodeDecodeError traceback."""
+    (tmp_path / ".env").write_bytes(content)
+    monkeypatch.chdir(tmp_path)
+    before = len(cml.requests())
+    result = CliRunner().invoke(app, ["start", JOB.replace("{base}", cml.url)], env=KEYS)
+    assert result.exit_code == BAD, result.output
+    assert f"Error: The settings file .env {message}" in result.output
+    assert "Traceback" not in result.output
+    assert len(cml.requests()) == before
+
+
+def test_item_21_dotenv_fifo_exits_2_at_once(
+    cml: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `.env` that is a FIFO blocked every command forever."""
+    os.mkfifo(tmp_path / ".env")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["start", JOB.replace("{base}", cml.url)], env=KEYS)
+    assert result.exit_code == BAD, result.output
+    assert "The settings file .env is not a regular file" in result.output
     assert "Traceback" not in result.output

@@ -103,3 +103,21 @@ def test_the_readme_command() -> None:
     result = runner.invoke(app, shlex.split(line)[1:])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("12 windows, every month (UTC)")
+
+
+def test_item_14_windows_escapes_control_characters_as_the_dry_run_does() -> None:
+    """`--set` and `--date-format` (`%n`, ESC, OSC) printed raw could forge lines."""
+    forged = "x\x1b]0;pwned\x07\n  2099-01  START_DATE=2099-01-01"
+    args = ["windows", "--from", "2017-01-01", "--to", "2017-01-31"]
+    result = runner.invoke(app, [*args, "--set", f"A={forged}", "--date-format", "%Y-%m-%d%n"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 2, lines  # the header and January: no forged line
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert lines[1] == (
+        "  2017-01  START_DATE=2017-01-01\\x0a END_DATE=2017-01-31\\x0a "
+        "A=x\\x1b]0;pwned\\x07\\x0a  2099-01  START_DATE=2099-01-01"
+    )
+    as_json = runner.invoke(app, [*args, "--set", f"A={forged}", "--json"])
+    assert json.loads(as_json.output)[0]["environment"]["A"] == forged
+    assert "\x1b" not in as_json.output

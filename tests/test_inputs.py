@@ -21,8 +21,8 @@ URL = "https://cml.example.com/alice/risk-analysis/jobs/208"
         (URL, ("https://cml.example.com", "alice", "risk-analysis", "208")),
         (URL + "/", ("https://cml.example.com", "alice", "risk-analysis", "208")),
         (
-            "http://127.0.0.1:8090/alice/risk-analysis/jobs/208?tab=history",
-            ("http://127.0.0.1:8090", "alice", "risk-analysis", "208"),
+            "https://cml.example.com:443/alice/risk-analysis/jobs/208",
+            ("https://cml.example.com", "alice", "risk-analysis", "208"),
         ),
         (
             "HTTPS://CML.Example.com:8443/team-a/p_1.x/jobs/ab12-cd34",
@@ -50,6 +50,10 @@ def test_job_url_parses(url: str, expected: tuple[str, str, str, str]) -> None:
         ("https://cml.example.com/-alice/risk-analysis/jobs/208", "username"),
         ("https://key:@cml.example.com/alice/risk-analysis/jobs/208", "credentials"),
         ("https://cml.example.com:99999/alice/risk-analysis/jobs/208", "Invalid job URL"),
+        # Issue item 21: a ?query or #fragment was silently dropped.
+        ("http://127.0.0.1:8090/alice/risk-analysis/jobs/208?tab=history", "no ?query"),
+        ("https://cml.example.com/alice/risk-analysis/jobs/208#runs", "#fragment"),
+        ("https://cml.example.com/alice/risk-analysis/jobs/208?", "no ?query"),
     ],
 )
 def test_bad_job_url_is_a_clear_error(url: str, fragment: str) -> None:
@@ -227,3 +231,72 @@ def test_errors_survive_pickling() -> None:
         assert type(copy) is type(error)
         assert str(copy) == str(error)
         assert copy.__dict__ == error.__dict__
+
+
+# Issue items 12, 13 and 21: a .env that is not UTF-8 or not a regular file, non-UTF-8
+# bytes in a value, a timeout too short to connect, a default port spelled out.
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding"),
+    [("CML_HOST=https://cml.example.com\nCML_API_KEY=caf\xe9\n", "latin-1"), ("A=1\n", "utf-16")],
+    ids=["latin-1", "utf-16"],
+)
+def test_item_12_dotenv_not_utf8_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str, encoding: str
+) -> None:
+    (tmp_path / ".env").write_bytes(content.encode(encoding))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CMLConfigError, match="is not UTF-8 text") as caught:
+        CMLSettings.load()
+    assert "save it as UTF-8" in str(caught.value)
+
+
+def test_item_21_dotenv_fifo_is_refused_without_blocking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    os.mkfifo(tmp_path / ".env")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CMLConfigError, match="is not a regular file"):
+        CMLSettings.load()
+
+
+@pytest.mark.parametrize(
+    "value", ["\udcff\udcfe", "ok\ud800"], ids=["surrogate-escaped bytes", "lone surrogate"]
+)
+def test_item_13_values_that_are_not_utf8_are_refused(value: str) -> None:
+    with pytest.raises(CMLInputError, match="A is not valid UTF-8 text"):
+        parse_assignments([f"A={value}"])
+    with pytest.raises(CMLInputError, match="A is not valid UTF-8 text"):
+        validate_environment({"A": value})
+
+
+@pytest.mark.parametrize("name", ["CML_TIMEOUT", "CML_CONNECT_TIMEOUT"])
+def test_item_21_timeout_below_the_minimum_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "1e-9")
+    with pytest.raises(CMLConfigError, match=f"{name}: Input should be greater than or equal"):
+        CMLSettings.load(_env_file=None)
+    monkeypatch.setenv(name, "0.1")
+    CMLSettings.load(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("host", "job"),
+    [
+        ("https://cml.example.com:443", URL),
+        ("https://cml.example.com", "https://cml.example.com:443/alice/risk-analysis/jobs/208"),
+        ("http://127.0.0.1:80", "http://127.0.0.1/alice/risk-analysis/jobs/208"),
+    ],
+)
+def test_item_21_default_port_is_the_same_host(host: str, job: str) -> None:
+    ref = JobRef.parse(job).with_host(host)
+    assert ref.host == host.removesuffix(":443").removesuffix(":80")
+
+
+def test_item_21_a_port_that_is_not_the_default_is_still_another_host() -> None:
+    with pytest.raises(CMLInputError, match="another host"):
+        JobRef.parse("http://127.0.0.1/alice/p/jobs/1").with_host("http://127.0.0.1:443")

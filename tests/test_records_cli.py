@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import PrefectServer, machine_env
 
+from cml_tasks.backfill import WindowRecord, WindowStatus
 from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator
 
 CML_JOBS = str(Path(sys.executable).with_name("cml-jobs"))
@@ -76,3 +77,45 @@ def test_records_on_an_ephemeral_api_say_they_are_not_shared(cml: Emulator, tmp_
     listed = _cml_jobs(env, "records", cml.job_url("alice", "risk-analysis", "208"))
     assert listed.returncode == 0, listed.stderr
     assert "ephemeral Prefect API; other machines cannot see them" in listed.stderr
+
+
+def _record(first: str, end: str, status: str = "started") -> WindowRecord:
+    from datetime import date
+
+    return WindowRecord(
+        key=f"k-{first}-{end}",
+        job_url="https://cml.example.com/alice/risk-analysis/jobs/208",
+        window_start=date.fromisoformat(first),
+        window_end=date.fromisoformat(end),
+        environment={},
+        status=WindowStatus(status),
+    )
+
+
+def test_item_16_forget_a_start_date_two_records_share_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue item 16: a monthly and a daily record both start 2018-01-01; `--forget
+    2018-01-01 --yes` was a ValueError traceback. It is bad input (exit 2) listing both, and
+    each one can still be named as FIRST..LAST; nothing is deleted on a guess."""
+    from typer.testing import CliRunner
+
+    from cml_tasks import records_cli
+    from cml_tasks.cli import app
+
+    both = [_record("2018-01-01", "2018-02-01"), _record("2018-01-01", "2018-01-02")]
+    monkeypatch.setattr(records_cli, "load", lambda job, start, end: (both, True))
+    url = "https://cml.example.com/alice/risk-analysis/jobs/208"
+    result = CliRunner().invoke(
+        app, ["records", url, "--forget", "2018-01-01", "--yes"], env={"CML_HOST": None}
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert (
+        "window '2018-01-01' names 2 records of risk-analysis/208: "
+        "2018-01-01..2018-01-31 (2018-01), 2018-01-01..2018-01-01 (2018-01-01); "
+        "give the one to forget as FIRST..LAST"
+    ) in result.output
+    job = records_cli.JobRef.parse(url)
+    assert records_cli.pick(both, "2018-01-01..2018-01-01", job) is both[1]
+    assert records_cli.pick(both, "2018-01", job) is both[0]

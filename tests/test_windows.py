@@ -667,3 +667,29 @@ def test_rendering_matches_window(cad: Cadence, d: date, inclusive: bool) -> Non
     env = Rendering(inclusive_end=inclusive).environment(w)
     assert env["START_DATE"] == w.start.isoformat()
     assert env["END_DATE"] == (w.last_day if inclusive else w.end).isoformat()
+
+
+def test_item_11_at_most_max_windows_counted_before_any_is_built() -> None:
+    """Daily windows over 0001..9999 took 134 s and 6 GB; the count is now arithmetic and a
+    range over `MAX_WINDOWS` is refused at once, naming the maximum."""
+    import time
+
+    from cml_tasks.windows import MAX_WINDOWS
+
+    day = parse_every("day")
+    first = date(1800, 1, 1)
+    last = first + timedelta(days=MAX_WINDOWS - 1)
+    assert len(windows_between(first, last, day)) == MAX_WINDOWS
+    started = time.monotonic()
+    for span in ((first, last + timedelta(days=1)), (date(1, 1, 1), date(9999, 12, 30))):
+        with pytest.raises(CMLInputError, match=r"maximum of 100,000 \(MAX_WINDOWS\)"):
+            windows_between(*span, day)
+    assert time.monotonic() - started < 1
+    assert len(windows_between(date(1, 1, 1), date(9998, 12, 31), parse_every("year"))) == 9998
+
+
+@pytest.mark.parametrize("digits", [7, 4301, 5000])
+def test_item_12_an_every_count_too_long_is_an_input_error(digits: int) -> None:
+    with pytest.raises(CMLInputError, match="the count has more than 6 digits"):
+        parse_every("9" * digits + " days")
+    assert parse_every("000001 month") == parse_every("month")

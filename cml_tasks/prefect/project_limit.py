@@ -10,6 +10,7 @@ A backfill keeps its slots from one window to the next (`keeping_slots`).
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -40,6 +41,8 @@ WAIT_SECONDS = 0.25
 """Longest pause between two asks for a slot (Prefect's own answer may suggest more)."""
 BUSY_SECONDS = 1.0
 """Longest pause before asking a busy Prefect server (503) for a slot again."""
+BUSY_STRETCH_SECONDS = 10.0
+"""Busy answers less than this apart are one stretch of waiting, logged once."""
 MAX_BUSY_SECONDS = 300.0
 """How long a window asks a busy server for a slot before it fails (nothing started)."""
 LOCKED = 423
@@ -229,12 +232,35 @@ def _acquire(kept: _KeptSlots, log: Log, what: str) -> _Lease:
                 pause = random.uniform(0.5, 1.0) * BUSY_SECONDS
             else:
                 raise
-            if not told and time.monotonic() - began + pause > 1.0:
-                _tell_wait(log, what, name, busy)
+            if busy is not None:
+                if _busy_stretch.begins():
+                    _tell_wait(log, what, name, busy)
+            elif not told and time.monotonic() - began + pause > 1.0:
+                _tell_wait(log, what, name, None)
                 told = True
             time.sleep(pause)
             continue
         return kept.add(UUID(answer.json()["lease_id"]))
+
+
+class _BusyStretch:
+    """The process's stretches of busy answers: said once each, whichever window meets one
+    first (a busy SQLite server answers every waiting window 503: one line, not hundreds)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = -math.inf
+
+    def begins(self) -> bool:
+        """Note a busy answer now; True when it begins a stretch (none for a while)."""
+        with self._lock:
+            now = time.monotonic()
+            fresh = now - self._last > BUSY_STRETCH_SECONDS
+            self._last = now
+            return fresh
+
+
+_busy_stretch = _BusyStretch()
 
 
 def _tell_wait(log: Log, what: str, name: str, busy: str | None) -> None:
