@@ -358,6 +358,14 @@ class WindowOutcome(BaseModel):
     def failed(self) -> bool:
         return self.result.failed
 
+    @property
+    def shown(self) -> str:
+        """The result in words for a person: `adopted` for a run this process found in CML
+        and did not start, else the result (`started`, `start failed`...)."""
+        if self.adopted and self.result is WindowResult.STARTED:
+            return "adopted"
+        return self.result.replace("_", " ")
+
     @classmethod
     def skipped(
         cls, job: JobRef, planned: PlannedWindow, reason: str, record: WindowRecord | None
@@ -404,11 +412,11 @@ class BackfillReport(BaseModel):
         return [o for o in self.outcomes if o.failed]
 
     def summary(self) -> str:
-        """`36 windows: 30 started, 5 skipped, 1 start failed`."""
+        """`36 windows: 28 started, 2 adopted, 5 skipped, 1 start failed`."""
         counts: dict[str, int] = {}
         for outcome in self.outcomes:
-            counts[outcome.result] = counts.get(outcome.result, 0) + 1
-        parts = [f"{n} {name.replace('_', ' ')}" for name, n in counts.items()]
+            counts[outcome.shown] = counts.get(outcome.shown, 0) + 1
+        parts = [f"{n} {name}" for name, n in counts.items()]
         return f"{len(self.outcomes)} windows" + (": " + ", ".join(parts) if parts else "")
 
     def failure_text(self) -> str:

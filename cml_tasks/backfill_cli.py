@@ -120,7 +120,7 @@ def run(
 
 
 def _line(outcome: WindowOutcome) -> str:
-    return f"{outcome.window} {outcome.result.replace('_', ' ')}"
+    return f"{outcome.window} {outcome.shown}"
 
 
 def print_report(report: BackfillReport, *, as_json: bool) -> None:
@@ -137,7 +137,7 @@ def print_report(report: BackfillReport, *, as_json: bool) -> None:
     for o in report.outcomes:
         env = " ".join(f"{k}={v}" for k, v in o.environment.items())
         detail = o.error or o.engine_id or o.reason or ""
-        row = [o.window, env, o.result.replace("_", " "), detail]
+        row = [o.window, env, o.shown, detail]
         if followed:
             row += [o.run_status or "", o.run_url or ""]
         rows.append(row)

@@ -265,4 +265,5 @@ def test_a_run_started_through_v2_before_the_backfill_is_adopted(
     assert _starts(cml) == _months(4)
     (march,) = [o for o in report["outcomes"] if o["window"] == "2017-03"]
     assert march["engine_id"] == by_hand.id
-    assert "adopted run" in march["reason"]
+    assert "adopted run" in march["reason"] and march["adopted"] is True
+    assert report["summary"] == "4 windows: 3 started, 1 adopted"  # not "4 started"
