@@ -848,11 +848,13 @@ def demo(
         bool, typer.Option("--ui", help="Keep the emulator and Prefect up, for the Prefect UI.")
     ] = False,
 ) -> None:
-    """Backfill a year of months and run a scheduled window, in Prefect, on a built-in CML
-    emulator and a temporary Prefect server (nothing to set up)."""
+    """Backfill a year of months, run a scheduled window and a three-step pipeline, in
+    Prefect, on a built-in CML emulator and a temporary Prefect server (nothing to set up).
+    SIGTERM and SIGHUP stop it as Ctrl-C does: the Prefect server it started goes too."""
     from cml_tasks.prefect.demo import run_demo
 
-    run_demo(ui=ui)
+    with stopping_signals_interrupt():
+        run_demo(ui=ui)
 
 
 def main(argv: list[str] | None = None) -> Any:
