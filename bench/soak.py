@@ -24,7 +24,7 @@ the v2 key every window must end with exactly one run; without it, windows whose
 outcome is unknown stay reported and are never started a second time.
 
 A process killed while holding windows frees them after its claim's lease (45 s; the tests'
-machines use 15 s, `CML_CLAIM_LEASE_SECONDS`): the rerun after the kill waits that long.
+machines use 30 s, `CML_CLAIM_LEASE_SECONDS`): the rerun after the kill waits that long.
 """
 
 from __future__ import annotations

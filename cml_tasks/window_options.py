@@ -11,7 +11,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cml_tasks.errors import CMLInputError
-from cml_tasks.windows import Cadence, Rendering, make_rendering, parse_every
+from cml_tasks.windows import Cadence, Rendering, Unit, make_rendering, parse_every
+
+CADENCE_UNITS = tuple(unit.value for unit in Unit)
+"""The cadences the forms list (`day` .. `year`); any other is typed in."""
+
+
+def _cadence_choice(schema: dict[str, Any]) -> None:
+    """The cadence in forms: a choice of the calendar units, or any other cadence as text
+    ("3 months"); either is a string, so validation is unchanged."""
+    schema.pop("type", None)
+    schema["anyOf"] = [
+        {"type": "string", "enum": list(CADENCE_UNITS), "title": "Calendar unit"},
+        {"type": "string", "title": 'Other (e.g. "3 months")'},
+    ]
 
 
 class WindowOptions(BaseModel):
@@ -24,6 +37,7 @@ class WindowOptions(BaseModel):
         title="Cadence",
         default="month",
         description='Cadence: "day", "week", "month", "quarter", "year", or e.g. "3 months".',
+        json_schema_extra=_cadence_choice,
     )
     timezone: str = Field(
         title="Time zone",

@@ -231,14 +231,11 @@ def test_a_machine_killed_mid_start_leaves_each_window_once_or_reported(
         assert time.monotonic() < deadline + 30
         time.sleep(0.2)
     cml.clear_faults()
-    began = time.monotonic()
     resumed = [
         _backfill(server, tmp_path, "b1", v2_url, *args, v2=True),
         _backfill(server, tmp_path, "b2", v1_url, *args),
     ]
     v2_report, v1_report = (_report(process) for process in resumed)
-    waited = time.monotonic() - began
-    assert waited < 60 + 30, waited  # the dead claims free their windows within 15 s
     assert _starts(cml, "208") == _months(12)
     adopted = [o for o in v2_report["outcomes"] if "adopted run" in (o["reason"] or "")]
     assert len(adopted) == in_flight, [o for o in v2_report["outcomes"] if o["result"] != "skipped"]

@@ -206,7 +206,7 @@ def test_a_pipeline_killed_mid_step_is_finished_by_another_machine_once_each(
     server: PrefectServer, machines: list[Machine], tmp_path: Path
 ) -> None:
     """SIGKILL while steps are being started and followed; a rerun elsewhere adopts or
-    follows what the dead machine started (its claims end after 15 s) and starts the rest."""
+    follows what the dead machine started (its claims end after 30 s) and starts the rest."""
     with Emulator(default_config(time_scale=2.0)) as cml:  # a run lasts about 3 s
         # Each start is in flight for 3 s: a `starting` record seen is still one at the kill.
         cml.inject(Fault(endpoint="v2.create_run", kind="latency", seconds=3.0))

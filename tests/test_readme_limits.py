@@ -18,7 +18,7 @@ def test_resizing_the_project_limit_as_documented(prefect_server: PrefectServer)
 
     from cml_tasks.prefect.project_limit import ensure_project_limit
 
-    [command] = re.findall(r"`(prefect global-concurrency-limit update [^`]+)`", README)
+    [command] = re.findall(r"`(prefect global-concurrency-limit update [^`]+ --limit \d+)`", README)
     job = JobRef.from_url("https://ml.example.com/alice/risk-analysis/jobs/208")
     with prefect_server.as_current_api():
         name = ensure_project_limit(job)

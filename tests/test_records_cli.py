@@ -74,6 +74,8 @@ def test_records_are_listed_and_a_window_forgotten_after_asking(
 def test_records_on_an_ephemeral_api_say_they_are_not_shared(cml: Emulator, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CML_"))}
     env |= {"PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # On a loaded test machine the ephemeral server may take longer than Prefect's 20 s.
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
     listed = _cml_jobs(env, "records", cml.job_url("alice", "risk-analysis", "208"))
     assert listed.returncode == 0, listed.stderr
     assert "ephemeral Prefect API; other machines cannot see them" in listed.stderr

@@ -1,7 +1,7 @@
 """The fault soak, short: `bench/soak.py` (run by hand: 300 windows) with 40 daily windows per
 key setting, both at once on the session's `prefect server start`. At least 30% of the start
 calls fail, every fault kind among them; the backfill with the v2 key is SIGKILLed at a random
-point, and its rerun waits out the dead process's lease (15 s on the tests' machines).
+point, and its rerun waits out the dead process's lease (30 s on the tests' machines).
 
 Reconciled against the emulator's runs: no window runs twice, none is lost, and with the v2
 key every window ends with exactly one run; without it, windows whose outcome is unknown stay

@@ -3,7 +3,10 @@
 `prefect server start` with its UI (fixture `prefect_ui_server`), then read in headless
 Chromium (fixture `browser`) as a user would: the flow run's tags, its window-named task runs,
 the failed window's short reason, the report artifact whose links open the emulator's run and
-job pages, and the CML Credentials block in the Blocks catalogue.
+job pages, and the CML Credentials block in the Blocks catalogue: there after a first flow run
+on a fresh server (the flows register it), its keys password inputs in the create and edit
+forms of Prefect's default UI (`/v2`; the v1 UI has no masked input), and a deployment's run
+form with titled parameters, a cadence choice and the block's name in its picker.
 
 Screenshots go to a temporary folder, printed at the start of the module (`pytest -s`) and
 named in every assertion message. `UPDATE_UI_SCREENSHOTS=1` also copies the ones the docs use
@@ -145,6 +148,31 @@ def backfill(
     _delete_window_records(prefect_ui_server.api_url)
 
 
+DRY_BACKFILL = """
+import sys
+from datetime import date
+
+from cml_tasks.prefect.backfill import cml_backfill
+
+state = cml_backfill(
+    job=sys.argv[1], start=date(2017, 1, 1), end=date(2017, 2, 28), dry_run=True, return_state=True
+)
+print(state.type.value)
+"""
+"""A dry-run backfill with no block anywhere: nothing but the flow registers the block type."""
+
+
+def block_type_on(server: PrefectServer) -> dict[str, object] | None:
+    import httpx
+
+    answer = httpx.get(f"{server.api_url}/block_types/slug/cml-credentials", timeout=30)
+    if answer.status_code == 404:
+        return None
+    answer.raise_for_status()
+    found: dict[str, object] = answer.json()
+    return found
+
+
 @pytest.fixture(scope="module")
 def context(browser: Browser) -> Iterator[BrowserContext]:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -183,6 +211,44 @@ def visible(locator: Locator, what: str, folder: Path) -> None:
 
 def open_tab(page: Page, name: str) -> None:
     page.locator("li.p-tab", has_text=re.compile(f"^{name}$")).click()
+
+
+# --- the block type, registered by the flows -----------------------------------------------------
+
+
+def test_a_first_backfill_lists_the_block_type_in_the_catalogue(
+    prefect_ui_server: PrefectServer,
+    page: Page,
+    shots: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """On a fresh server (this test runs first: the `backfill` fixture saves a block, which
+    registers its type too), the catalogue has no CML Credentials until a flow runs; then it
+    has, without `prefect block register`."""
+    assert block_type_on(prefect_ui_server) is None, (
+        "CML Credentials registered before any flow ran: this test must run before the "
+        "`backfill` fixture (first in the module)"
+    )
+    root = tmp_path_factory.mktemp("ui-register")
+    done = subprocess.run(
+        [sys.executable, "-c", DRY_BACKFILL, "http://127.0.0.1:9/alice/risk-analysis/jobs/208"],
+        env=machine_env(prefect_ui_server, root, "laptop"),
+        cwd=root / "laptop" / "work",
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("COMPLETED"), (
+        f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    )
+    block_type = block_type_on(prefect_ui_server)
+    assert block_type is not None and block_type["name"] == "CML Credentials"
+
+    page.goto(f"{ui_root(prefect_ui_server)}/blocks/catalog")
+    page.get_by_placeholder("Search blocks").fill("CML")
+    card = page.locator(".p-card", has_text="CML Credentials")
+    visible(card.get_by_text("CML Credentials", exact=True), "the catalogue's CML card", shots)
+    shot(page, shots, "catalogue-after-first-backfill")
 
 
 # --- the flow run -----------------------------------------------------------------------------
@@ -347,3 +413,136 @@ def test_credentials_block_in_the_catalogue_with_titles_logo_and_masked_keys(
     visible(page.get_by_text(re.compile(r"^\*{8,}$")).first, "the masked key", shots)
     assert DEFAULT_V1_KEY not in page.content()
     shot(page, shots, "saved-block")
+
+
+# --- masked keys: the block's create and edit forms (Prefect's default UI, /v2) -----------------
+
+V2_KEY = "v2-key-typed-in-the-edit-form"
+
+
+def key_inputs(page: Page, shots: Path) -> tuple[Locator, Locator]:
+    """The inputs under the titles "API v1 key" and "API v2 key" of a block form."""
+    inputs = []
+    for title in ("API v1 key", "API v2 key"):
+        label = page.get_by_text(f"{title} (Optional)", exact=True)
+        visible(label, f"the {title} field", shots)
+        inputs.append(label.locator("xpath=following::input[1]"))
+    return inputs[0], inputs[1]
+
+
+def saved_block(server: PrefectServer, name: str) -> dict[str, object]:
+    """The block document's data, secrets included, from the REST API (no Prefect client:
+    Playwright's loop is running in this thread)."""
+    import httpx
+
+    answer = httpx.get(
+        f"{server.api_url}/block_types/slug/cml-credentials/block_documents/name/{name}",
+        params={"include_secrets": "true"},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    data: dict[str, object] = answer.json()["data"]
+    return data
+
+
+def test_keys_are_password_inputs_in_the_create_and_edit_forms(
+    backfill: Backfill, prefect_ui_server: PrefectServer, page: Page, shots: Path
+) -> None:
+    """Prefect 3.9's default UI (`/` redirects to `/v2`): a block created with only the v1
+    key through the form, then the v2 key added in its edit form; both keys are password
+    inputs while typed, and both saves keep what the block reads back."""
+    root = ui_root(prefect_ui_server)
+    name = "ui-form-block"
+    page.goto(f"{root}/v2/blocks/catalog")
+    page.get_by_placeholder(re.compile("Search", re.IGNORECASE)).fill("CML")
+    visible(page.get_by_text("CML Credentials", exact=True).first, "the catalogue's card", shots)
+    page.goto(f"{root}/v2/blocks/catalog/cml-credentials/create")
+    v1, v2 = key_inputs(page, shots)
+    for key_input, title in ((v1, "API v1 key"), (v2, "API v2 key")):
+        assert key_input.get_attribute("type") == "password", f"{title} ({shots})"
+    page.locator("input[name='blockName']").fill(name)
+    v1.fill(DEFAULT_V1_KEY)
+    shot(page, shots, "block-create-form")
+    page.get_by_role("button", name="Save").click()
+    visible(page.get_by_text(name, exact=True).first, "the saved block's page", shots)
+    data = saved_block(prefect_ui_server, name)
+    assert data["api_key"] == DEFAULT_V1_KEY
+    assert data.get("api_v2_key") is None
+    assert DEFAULT_V1_KEY not in page.content()
+
+    block_id = re.search(r"/blocks/block/([0-9a-f-]{36})", page.url)
+    assert block_id, page.url
+    page.goto(f"{root}/v2/blocks/block/{block_id.group(1)}/edit")
+    v1, v2 = key_inputs(page, shots)
+    for key_input, title in ((v1, "API v1 key"), (v2, "API v2 key")):
+        assert key_input.get_attribute("type") == "password", f"{title} ({shots})"
+    assert DEFAULT_V1_KEY not in page.content()
+    v2.fill(V2_KEY)
+    shot(page, shots, "block-edit-form")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_url(re.compile(r"/blocks/block/[0-9a-f-]{36}$"))
+    data = saved_block(prefect_ui_server, name)
+    assert (data["api_key"], data["api_v2_key"]) == (DEFAULT_V1_KEY, V2_KEY)
+    page.reload()
+    visible(page.get_by_text("API v2 key", exact=True), "the saved block's fields", shots)
+    masked = page.get_by_text(re.compile(r"^\*{8,}$"))
+    visible(masked.nth(1), "both keys masked on the block's page", shots)
+    assert V2_KEY not in page.content() and DEFAULT_V1_KEY not in page.content()
+    shot(page, shots, "block-after-edit")
+
+
+# --- the run form: parameters titled, the credentials picker named ----------------------------
+
+RUN_FORM_TITLES = [
+    "Job page URL",
+    "Window cadence and dates",
+    "Cadence",
+    "Calendar unit",
+    "Windows back (lag)",
+    "CML credentials",
+]
+
+
+def test_run_form_shows_parameter_titles_not_names(
+    prefect_ui_server: PrefectServer, page: Page, shots: Path
+) -> None:
+    """A `cml-window-run` deployment's run form (made through the REST API with the flow's
+    parameter schema, as `prefect deploy` sends it), in both UIs."""
+    import httpx
+    from prefect.utilities.callables import parameter_schema
+
+    from cml_tasks.prefect.window_run import cml_window_run
+
+    api = prefect_ui_server.api_url
+    flow_id = httpx.post(f"{api}/flows/", json={"name": cml_window_run.name}, timeout=30).json()[
+        "id"
+    ]
+    created = httpx.post(
+        f"{api}/deployments/",
+        json={
+            "name": "ui-run-form",
+            "flow_id": flow_id,
+            "entrypoint": "cml_tasks.prefect.window_run:cml_window_run",
+            "parameter_openapi_schema": parameter_schema(
+                cml_window_run.fn
+            ).model_dump_for_openapi(),
+        },
+        timeout=30,
+    )
+    created.raise_for_status()
+    deployment_id = created.json()["id"]
+    root = ui_root(prefect_ui_server)
+    for ui, prefix in (("v2", "/v2"), ("v1", "")):
+        page.goto(f"{root}{prefix}/deployments/deployment/{deployment_id}/run")
+        for title in RUN_FORM_TITLES:
+            visible(
+                page.get_by_text(re.compile(f"^{re.escape(title)}( \\(Optional\\))?$")).first,
+                f"{ui} run form: {title!r}",
+                shots,
+            )
+        shot(page, shots, f"run-form-{ui}", full_page=True)
+        page.get_by_text(re.compile(r"^CML credentials")).first.scroll_into_view_if_needed()
+        shot(page, shots, f"run-form-{ui}-credentials")
+        # The credentials switch names the block's schema title, `CMLCredentials`: Prefect's
+        # server accepts a saved block's reference only through the definition of that title
+        # (tests/test_blocks.py), so the class name stays.

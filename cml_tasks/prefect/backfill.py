@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger, tags
@@ -55,7 +55,11 @@ from cml_tasks.errors import BackfillFailed, CMLError, CMLOutcomeUnknown, CMLWai
 from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import block_reference
 from cml_tasks.prefect.api import tag_current_flow_run
-from cml_tasks.prefect.blocks import CMLCredentials
+from cml_tasks.prefect.blocks import (
+    CredentialsParameter,
+    ensure_block_type_registered,
+    ui_title,
+)
 from cml_tasks.prefect.naming import (
     OUTCOME_UNKNOWN_STATE,
     artifact_key,
@@ -273,21 +277,21 @@ def _dispatch_status(previous: list[FlowRun]) -> tuple[WindowStatus | None, str]
     validate_parameters=True,
 )
 def cml_backfill(
-    job: str,
-    start: date,
-    end: date,
-    options: WindowOptions = WindowOptions(),
-    max_concurrency: int = 4,
-    order: str = "oldest",
-    reprocess: str = "missing",
-    dry_run: bool = False,
-    follow: bool = False,
-    poll_interval: float = 30.0,
-    max_wait: float | None = None,
-    credentials: CMLCredentials | None = None,
-    project_limit: int = DEFAULT_PROJECT_LIMIT,
-    scale_out: bool = False,
-    deployment: str = "cml-window-run/monthly",
+    job: Annotated[str, ui_title("Job page URL")],
+    start: Annotated[date, ui_title("First day")],
+    end: Annotated[date, ui_title("Last day")],
+    options: Annotated[WindowOptions, ui_title("Window cadence and dates")] = WindowOptions(),
+    max_concurrency: Annotated[int, ui_title("Max concurrent starts")] = 4,
+    order: Annotated[str, ui_title("Order")] = "oldest",
+    reprocess: Annotated[str, ui_title("Reprocess")] = "missing",
+    dry_run: Annotated[bool, ui_title("Dry run")] = False,
+    follow: Annotated[bool, ui_title("Follow runs to their end")] = False,
+    poll_interval: Annotated[float, ui_title("Poll interval (seconds)")] = 30.0,
+    max_wait: Annotated[float | None, ui_title("Max wait per run (seconds)")] = None,
+    credentials: CredentialsParameter = None,
+    project_limit: Annotated[int, ui_title("Project concurrency limit")] = DEFAULT_PROJECT_LIMIT,
+    scale_out: Annotated[bool, ui_title("Scale out (one flow run per window)")] = False,
+    deployment: Annotated[str, ui_title("Window-run deployment")] = "cml-window-run/monthly",
 ) -> BackfillReport:
     """Start a CML job once per window of `[start, end]`; skip windows already started.
 
@@ -314,6 +318,7 @@ def cml_backfill(
         scale_out: Dispatch one flow run of `deployment` per window instead of tasks here.
         deployment: `flow-name/deployment-name` of a `cml-window-run` deployment (scale-out).
     """
+    ensure_block_type_registered(get_run_logger())
     logger = get_run_logger()
     mode = check_run_options(
         max_concurrency=max_concurrency,

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Annotated, Any
+
 from prefect.blocks.core import Block
+from prefect.logging import get_logger
+from prefect.settings import PREFECT_API_URL
 from pydantic import ConfigDict, Field, SecretStr
 
-from cml_tasks.settings import MAX_TIMEOUT, CMLSettings
+from cml_tasks._shared import shared
+from cml_tasks.settings import MAX_TIMEOUT, MIN_TIMEOUT, CMLSettings
 
 LOGO_URL = "https://upload.wikimedia.org/wikipedia/commons/5/5a/Cloudera_logo.svg"
 """The Cloudera logo the UI shows for the block type (Wikimedia Commons' stable original).
@@ -14,6 +20,29 @@ the block without it."""
 
 DOCUMENTATION_URL = "https://docs.cloudera.com/machine-learning/cloud/jobs-pipelines/topics/ml-creating-a-job-c.html"
 """Cloudera's page on creating a CML job (a job's Overview page names it for the flows)."""
+
+
+BLOCK_TITLE = "CML Credentials"
+"""The name the UI shows for the block type in the catalogue."""
+
+REGISTER_COMMAND = "prefect block register -m cml_tasks.prefect.blocks"
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def _masked_key(schema: dict[str, Any]) -> None:
+    """An optional key's JSON schema as one masked string input: the UI renders
+    `{"type": "string", "format": "password"}` as a password input, but an optional field's
+    `anyOf: [<that>, {"type": "null"}]` as a choice of kinds (v2) or a plain textarea (v1).
+
+    Optional still (not `required`), but without `"default": null`, which that schema
+    refuses: a form left empty sends no key, and the field's default (None) applies. A block
+    saved without a key stores none either (`exclude_if`), so its edit form validates too."""
+    schema.pop("anyOf", None)
+    schema.pop("default", None)
+    schema.update(type="string", format="password", writeOnly=True)
 
 
 class CMLCredentials(Block):
@@ -26,9 +55,13 @@ class CMLCredentials(Block):
     # No unknown fields: with every field optional, a block that allowed extras would also
     # match a `{"$ref": ...}` parameter, and Prefect's schema (oneOf block or reference)
     # would then refuse a scale-out run's reference to a saved block as ambiguous.
+    # Its schema keeps the class's title: Prefect's server lets a parameter refer to a saved
+    # block (`{"$ref": ...}`) through the definition whose key is that title
+    # (`prefect.utilities.schema_tools.validation.preprocess_schema`); another title makes
+    # the server refuse every scale-out run that names a saved block.
     model_config = ConfigDict(extra="forbid")
 
-    _block_type_name = "CML Credentials"
+    _block_type_name = BLOCK_TITLE
     _description = (
         "Workspace URL, API keys and connection options of a Cloudera Machine Learning (CML) "
         "workspace, for the cml_tasks tasks and the cml-window-run and cml-backfill flows."
@@ -55,12 +88,16 @@ class CMLCredentials(Block):
         title="API v1 key",
         description="The API v1 key of the user the jobs run as (User Settings > API Keys): "
         "starts runs.",
+        json_schema_extra=_masked_key,
+        exclude_if=_is_none,
     )
     api_v2_key: SecretStr | None = Field(
         default=None,
         title="API v2 key",
         description="An API v2 key of the same user: follows runs to their end and resolves a "
         "start whose outcome is unknown. Differs from the v1 key.",
+        json_schema_extra=_masked_key,
+        exclude_if=_is_none,
     )
     verify_tls: bool = Field(
         default=True,
@@ -75,14 +112,14 @@ class CMLCredentials(Block):
     )
     connect_timeout: float = Field(
         default=10.0,
-        gt=0,
+        ge=MIN_TIMEOUT,
         le=MAX_TIMEOUT,
         title="Connect timeout (seconds)",
         description="Seconds to wait for a connection to the workspace.",
     )
     timeout: float = Field(
         default=30.0,
-        gt=0,
+        ge=MIN_TIMEOUT,
         le=MAX_TIMEOUT,
         title="Timeout (seconds)",
         description="Seconds to wait for each answer from the workspace.",
@@ -106,3 +143,49 @@ class CMLCredentials(Block):
             timeout=self.timeout,
             allow_insecure_http=self.allow_insecure_http,
         )
+
+
+def ui_title(title: str) -> Any:
+    """A flow parameter's title in the run form, for `Annotated[type, ui_title(...)]`.
+
+    Prefect titles every parameter with its name (`Field(title=name)` in
+    `prefect.utilities.callables.parameter_schema`), over any `Field(title=...)`; only a
+    `json_schema_extra` title, merged after it, reaches the schema."""
+    return Field(json_schema_extra={"title": title})
+
+
+CredentialsParameter = Annotated[CMLCredentials | None, ui_title("CML credentials")]
+"""The flows' `credentials` parameter: a saved block, titled in the run form (not
+`credentials`, and never the class name)."""
+
+
+@shared
+def _register_block_type(api_url: str) -> None:
+    """Register the block type and its schema on the API at `api_url`, once per process (a
+    failure is not remembered: the next flow run tries again)."""
+    CMLCredentials.register_type_and_schema()
+
+
+def ensure_block_type_registered(
+    logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+) -> bool:
+    """Make the CML Credentials block type available in the UI's Blocks catalogue (as
+    `prefect block register -m cml_tasks.prefect.blocks` does), once per process and API URL.
+
+    The flows call it as they start, so a user finds the block type after a first run. A
+    failure is logged, never raised: the flow does not need the block type to run. True when
+    the block type is registered."""
+    api_url = str(PREFECT_API_URL.value() or "")
+    try:
+        _register_block_type(api_url)
+    except Exception as error:
+        (logger or get_logger("cml_tasks")).warning(
+            "Could not register the %s block type on the Prefect API (%s: %s); the flow goes "
+            "on. To list it in the Blocks catalogue, run: %s",
+            BLOCK_TITLE,
+            type(error).__name__,
+            error,
+            REGISTER_COMMAND,
+        )
+        return False
+    return True

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
@@ -53,7 +53,11 @@ from cml_tasks.pipeline import (
 )
 from cml_tasks.prefect.api import tag_current_flow_run
 from cml_tasks.prefect.backfill import failed_outcome
-from cml_tasks.prefect.blocks import CMLCredentials
+from cml_tasks.prefect.blocks import (
+    CredentialsParameter,
+    ensure_block_type_registered,
+    ui_title,
+)
 from cml_tasks.prefect.naming import job_tags, short_reason
 from cml_tasks.prefect.project_limit import DEFAULT_PROJECT_LIMIT, ensure_project_limit
 from cml_tasks.prefect.records import NOT_SHARED, window_records
@@ -352,18 +356,18 @@ def _backfill_run_name() -> str:
     validate_parameters=True,
 )
 def cml_pipeline_backfill(
-    pipeline: Pipeline,
-    start: date,
-    end: date,
-    max_concurrency: int = 4,
-    order: str = "oldest",
-    reprocess: str = "missing",
-    from_step: str | None = None,
-    dry_run: bool = False,
-    poll_interval: float = 30.0,
-    max_wait: float | None = None,
-    credentials: CMLCredentials | None = None,
-    project_limit: int = DEFAULT_PROJECT_LIMIT,
+    pipeline: Annotated[Pipeline, ui_title("Pipeline")],
+    start: Annotated[date, ui_title("First day")],
+    end: Annotated[date, ui_title("Last day")],
+    max_concurrency: Annotated[int, ui_title("Max windows in flight")] = 4,
+    order: Annotated[str, ui_title("Order")] = "oldest",
+    reprocess: Annotated[str, ui_title("Reprocess")] = "missing",
+    from_step: Annotated[str | None, ui_title("Start again from step")] = None,
+    dry_run: Annotated[bool, ui_title("Dry run")] = False,
+    poll_interval: Annotated[float, ui_title("Poll interval (seconds)")] = 30.0,
+    max_wait: Annotated[float | None, ui_title("Max wait per run (seconds)")] = None,
+    credentials: CredentialsParameter = None,
+    project_limit: Annotated[int, ui_title("Project concurrency limit")] = DEFAULT_PROJECT_LIMIT,
 ) -> PipelineReport:
     """Run a pipeline's steps for every window of `[start, end]`, each (step, window) once.
 
@@ -384,6 +388,7 @@ def cml_pipeline_backfill(
         project_limit: Size of each project's global concurrency limit if it has to be
             created; 0 uses none.
     """
+    ensure_block_type_registered(get_run_logger())
     mode = check_run_options(
         max_concurrency=max_concurrency,
         reprocess=reprocess,
@@ -463,15 +468,15 @@ def _window(pipeline: Pipeline, parameters: dict[str, Any], scheduled: datetime 
     validate_parameters=True,
 )
 def cml_pipeline_run(
-    pipeline: Pipeline,
-    lag: int = 1,
-    window_start: date | None = None,
-    window_end: date | None = None,
-    from_step: str | None = None,
-    poll_interval: float = 30.0,
-    max_wait: float | None = None,
-    credentials: CMLCredentials | None = None,
-    project_limit: int = DEFAULT_PROJECT_LIMIT,
+    pipeline: Annotated[Pipeline, ui_title("Pipeline")],
+    lag: Annotated[int, ui_title("Windows back (lag)")] = 1,
+    window_start: Annotated[date | None, ui_title("Window start (explicit)")] = None,
+    window_end: Annotated[date | None, ui_title("Window end (explicit, last day)")] = None,
+    from_step: Annotated[str | None, ui_title("Start again from step")] = None,
+    poll_interval: Annotated[float, ui_title("Poll interval (seconds)")] = 30.0,
+    max_wait: Annotated[float | None, ui_title("Max wait per run (seconds)")] = None,
+    credentials: CredentialsParameter = None,
+    project_limit: Annotated[int, ui_title("Project concurrency limit")] = DEFAULT_PROJECT_LIMIT,
 ) -> PipelineReport:
     """Run a pipeline's steps for the window a schedule picks, each step once.
 
@@ -488,6 +493,7 @@ def cml_pipeline_run(
         project_limit: Size of each project's global concurrency limit if it has to be
             created; 0 uses none.
     """
+    ensure_block_type_registered(get_run_logger())
     check_run_options(
         max_concurrency=1,
         reprocess="missing",

@@ -14,6 +14,7 @@ and together they stay under the project's limit.
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Annotated
 
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
@@ -24,7 +25,11 @@ from cml_tasks.backfill import WindowOutcome, WindowResult
 from cml_tasks.errors import CMLError, CMLOutcomeUnknown
 from cml_tasks.models import StartedRun
 from cml_tasks.prefect.api import tag_current_flow_run
-from cml_tasks.prefect.blocks import CMLCredentials
+from cml_tasks.prefect.blocks import (
+    CredentialsParameter,
+    ensure_block_type_registered,
+    ui_title,
+)
 from cml_tasks.prefect.naming import (
     OUTCOME_UNKNOWN_STATE,
     artifact_key,
@@ -101,12 +106,12 @@ def _artifact_markdown(
 
 @flow(name="cml-window-run", flow_run_name=_flow_run_name)
 def cml_window_run(
-    job: str,
-    options: WindowOptions = WindowOptions(),
-    lag: int = 1,
-    window_start: date | None = None,
-    window_end: date | None = None,
-    credentials: CMLCredentials | None = None,
+    job: Annotated[str, ui_title("Job page URL")],
+    options: Annotated[WindowOptions, ui_title("Window cadence and dates")] = WindowOptions(),
+    lag: Annotated[int, ui_title("Windows back (lag)")] = 1,
+    window_start: Annotated[date | None, ui_title("Window start (explicit)")] = None,
+    window_end: Annotated[date | None, ui_title("Window end (explicit, last day)")] = None,
+    credentials: CredentialsParameter = None,
 ) -> StartedRun:
     """Start a CML job for one date window and leave an artifact describing what was sent.
 
@@ -121,6 +126,7 @@ def cml_window_run(
             renders); optional, but if given it must end that same window.
         credentials: A saved CML Credentials block; default: the `CML_*` variables.
     """
+    ensure_block_type_registered(get_run_logger())
     plan = plan_window_run(
         job,
         options,
