@@ -3,8 +3,8 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-# Test processes: most of a test waits for servers and CML runs, so four share two cores.
-WORKERS ?= 4
+# Test processes: most of a test waits for servers and CML runs, so three share two cores.
+WORKERS ?= 3
 
 .PHONY: demo ui test check lint
 

@@ -71,11 +71,13 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """A real, temporary Prefect API (SQLite) shared by every test that asks for it."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_api(prefect_server: PrefectServer) -> Iterator[None]:
+    """This process's Prefect client on the session's `prefect server start` (SQLite): the
+    flows a test runs in-process and the subprocesses of other tests share one server per
+    test process (a second one, Prefect's test harness, cost every process ~15 s of CPU)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
         yield
 
 
@@ -185,6 +187,15 @@ def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
         )
 
 
+QUIET_SERVICES = {
+    f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false"
+    for name in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS", "DB_VACUUM")
+}
+"""Server services no test needs, off: each polls the database all the time, and a dozen test
+servers on two cores add up. Tests create the scheduled flow runs they want (a scheduler
+would also make runs for today from the deployments' cron schedules)."""
+
+
 @contextmanager
 def running_prefect_server(
     home: Path, startup_timeout: float = 90, *, ui: bool = False, **server_env: str
@@ -198,7 +209,11 @@ def running_prefect_server(
 
     port = free_port()
     server = PrefectServer(api_url=f"http://127.0.0.1:{port}/api", home=home)
-    defaults = {"PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    defaults = {
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **QUIET_SERVICES,
+    }
     if ui:
         # The UI asks the API at PREFECT_UI_API_URL, by default port 4200 whatever --port says.
         defaults |= {"PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": server.api_url}
