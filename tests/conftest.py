@@ -55,12 +55,34 @@ SERVER_FIXTURES = frozenset(
 tests, left out of `make check`."""
 
 
+SLOW_FILES_FIRST = (
+    "test_many_machines.py",
+    "test_pipeline_machines.py",
+    "test_pipeline_cli.py",
+    "test_soak.py",
+    "test_backfill.py",
+    "test_ui_browser.py",
+    "test_pipeline_flows.py",
+    "test_secret_scan.py",
+    "test_backfill_follow.py",
+    "test_cli.py",
+    "test_schedule_e2e.py",
+    "test_records_cli.py",
+    "test_backfill_cli.py",
+    "test_window_flow.py",
+)
+"""The files that take longest, in that order: `make test`'s processes take whole files in
+the order collected, so these go first and the short ones fill in behind them."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test that needs a server `server` (by its fixtures, or a `server` marker of
-    its own for a test that starts one itself)."""
+    its own for a test that starts one itself); the slowest files first."""
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
+    rank = {name: position for position, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -71,13 +93,13 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
 @pytest.fixture(scope="session")
-def prefect_api(prefect_server: PrefectServer) -> Iterator[None]:
-    """This process's Prefect client on the session's `prefect server start` (SQLite): the
-    flows a test runs in-process and the subprocesses of other tests share one server per
-    test process (a second one, Prefect's test harness, cost every process ~15 s of CPU)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def prefect_api() -> Iterator[None]:
+    """A real, temporary Prefect API (SQLite) for the flows tests run in this process: a
+    server of their own, so that no subprocess of another test (a killed machine's project
+    slots, say) changes what they count."""
+    from prefect.testing.utilities import prefect_test_harness
 
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+    with prefect_test_harness(server_startup_timeout=60):
         yield
 
 
