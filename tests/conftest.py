@@ -66,6 +66,7 @@ SLOW_FILES_FIRST = (
     "test_secret_scan.py",
     "test_backfill_follow.py",
     "test_cli.py",
+    "test_demo_ui.py",
     "test_schedule_e2e.py",
     "test_records_cli.py",
     "test_backfill_cli.py",
