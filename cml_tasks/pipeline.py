@@ -258,6 +258,8 @@ class StepResult(StrEnum):
 
 PipelineStep = tuple[JobRef, PlannedWindow]
 """A step's job (host resolved) and its planned window (record key, environment)."""
+RecordsByTag = Mapping[str, Mapping[str, WindowRecord]]
+"""Window records as read per job: by job tag (`job_tag`), then by record key."""
 
 
 class PipelineWindow(BaseModel):
@@ -273,6 +275,24 @@ class PipelineWindow(BaseModel):
     def label(self) -> str:
         return self.window.label
 
+    def records(self, known: RecordsByTag) -> dict[str, WindowRecord | None]:
+        """Each step's record in `known` (by job tag, then record key); None: it has none."""
+        return {
+            name: known.get(job_tag(job), {}).get(planned.key)
+            for name, (job, planned) in self.steps.items()
+        }
+
+    def recorded_row(self, known: RecordsByTag) -> PipelineRow:
+        """The window's row as its steps' records in `known` tell it."""
+        records = self.records(known)
+        return PipelineRow.of(
+            self,
+            {
+                name: StepCell.of_record(name, step, records[name])
+                for name, step in self.steps.items()
+            },
+        )
+
 
 class PipelinePlan(BaseModel):
     """Everything decided before any request: the pipeline and its ordered windows."""
@@ -281,6 +301,11 @@ class PipelinePlan(BaseModel):
 
     pipeline: Pipeline
     windows: list[PipelineWindow]
+
+    @property
+    def job_tags(self) -> set[str]:
+        """The record tags of the pipeline's jobs (every window has the same jobs)."""
+        return {job_tag(job) for window in self.windows[:1] for job, _ in window.steps.values()}
 
 
 def step_window(pipeline: Pipeline, step: Step, window: Window, host: str | None) -> PipelineStep:
@@ -549,20 +574,9 @@ def planned_report(plan: PipelinePlan) -> PipelineReport:
     return PipelineReport(pipeline=plan.pipeline.name, steps=names, rows=rows, dry_run=True)
 
 
-def recorded_report(
-    plan: PipelinePlan, records: Mapping[str, Mapping[str, WindowRecord]]
-) -> PipelineReport:
-    """The grid as the steps' window records tell it (`cml-jobs records --pipeline`):
-    `records` by job tag (`job_tag`), then by record key."""
-    rows = []
-    for window in plan.windows:
-        cells = {
-            name: StepCell.of_record(
-                name, planned, records.get(job_tag(planned[0]), {}).get(planned[1].key)
-            )
-            for name, planned in window.steps.items()
-        }
-        rows.append(PipelineRow.of(window, cells))
+def recorded_report(plan: PipelinePlan, records: RecordsByTag) -> PipelineReport:
+    """The grid as the steps' window records tell it (`cml-jobs records --pipeline`)."""
+    rows = [window.recorded_row(records) for window in plan.windows]
     names = [step.name for step in plan.pipeline.order()]
     return PipelineReport(pipeline=plan.pipeline.name, steps=names, rows=rows)
 

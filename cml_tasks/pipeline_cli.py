@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from cml_tasks._text import printable
-from cml_tasks.backfill import check_run_options, job_tag
+from cml_tasks.backfill import check_run_options
 from cml_tasks.pipeline import (
     Pipeline,
     PipelineFailed,
@@ -77,14 +77,12 @@ def run(
 def recorded(path: Path, start: date, end: date) -> tuple[PipelineReport, bool]:
     """The grid as the window records on the Prefect server tell it (read-only, one listing
     per job), and whether other machines share those records (False on an ephemeral API)."""
+    from cml_tasks.prefect.pipeline import read_records
     from cml_tasks.prefect.records import window_records
 
     pipeline = Pipeline.load(path)
     plan = plan_pipeline(pipeline, start, end, CMLSettings.load().host)
-    store = window_records()
-    tags = {job_tag(job) for window in plan.windows[:1] for job, _ in window.steps.values()}
-    records = {tag: {r.key: r for r in store.records(tag)} for tag in tags}
-    return recorded_report(plan, records), store.shared_api
+    return recorded_report(plan, read_records(plan)), window_records().shared_api
 
 
 def print_report(report: PipelineReport, *, as_json: bool) -> None:

@@ -222,7 +222,16 @@ def test_independent_steps_run_at_once_and_a_failure_stops_only_its_downstream(
                 poll_interval=0.2,
                 return_state=True,
             )
-        runs = cml.runs()
+            runs = cml.runs()
+            cml.set_outcomes("212", [])  # fixed: a `failed` rerun starts us, then all-report
+            rerun = cml_pipeline_backfill(
+                pipeline=pipeline,
+                start=date(2017, 1, 1),
+                end=date(2017, 1, 31),
+                poll_interval=0.2,
+                reprocess="failed",
+            )
+            after = Counter(run["job_id"] for run in cml.runs())
     assert state.is_failed()
     failed = state.result(raise_on_failure=False)
     assert "1 steps failed or unknown" in str(failed)
@@ -237,6 +246,8 @@ def test_independent_steps_run_at_once_and_a_failure_stops_only_its_downstream(
     assert "| 2017-01 | [succeeded](http" in grid and "| not reached |" in grid
     by_job = Counter(run["job_id"] for run in runs)
     assert by_job == Counter({"212": 2, "213": 1})  # all-report not reached
+    assert rerun.summary() == "1 windows x 4 steps: 4 succeeded"
+    assert after == Counter({"212": 3, "213": 1, "208": 1})  # eu and eu-report not again
     eu, us = sorted(
         (r for r in runs if r["job_id"] == "212"), key=lambda r: r["environment"]["REGION"]
     )

@@ -35,7 +35,6 @@ from cml_tasks.backfill import (
     WindowRecord,
     WindowStatus,
     check_run_options,
-    job_tag,
 )
 from cml_tasks.errors import CMLInputError
 from cml_tasks.pipeline import (
@@ -45,6 +44,7 @@ from cml_tasks.pipeline import (
     PipelineReport,
     PipelineRow,
     PipelineWindow,
+    RecordsByTag,
     StepCell,
     StepResult,
     plan_pipeline,
@@ -207,11 +207,7 @@ def _run_windows(
     def admit() -> None:
         while waiting and len(active) < max_windows:
             planned = waiting.popleft()
-            known = {
-                name: records.get(job_tag(job), {}).get(window.key)
-                for name, (job, window) in planned.steps.items()
-            }
-            run = _WindowRun(planned, steps, known)
+            run = _WindowRun(planned, steps, planned.records(records))
             run.advance()
             active.append(run)
         for run in [r for r in active if r.done]:
@@ -240,20 +236,18 @@ def _limits(plan: PipelinePlan, project_limit: int) -> dict[str, str | None]:
     return {name: ensure_project_limit(job, project_limit) for name, (job, _) in first.items()}
 
 
-def _read_records(plan: PipelinePlan) -> dict[str, dict[str, WindowRecord]]:
+def read_records(plan: PipelinePlan) -> dict[str, dict[str, WindowRecord]]:
     """Every record of the pipeline's jobs, by job tag and key (one listing per job)."""
-    jobs = {job_tag(job) for window in plan.windows[:1] for job, _ in window.steps.values()}
     store = window_records()
-    return {tag: {r.key: r for r in store.records(tag)} for tag in jobs}
+    return {tag: {r.key: r for r in store.records(tag)} for tag in plan.job_tags}
 
 
-def _wants_rerun(window: PipelineWindow, records: dict[str, dict[str, WindowRecord]]) -> bool:
+def _wants_rerun(window: PipelineWindow, records: RecordsByTag) -> bool:
     """`reprocess=failed`: a window with a failed (or unknown) step."""
-    for job, planned in window.steps.values():
-        record = records.get(job_tag(job), {}).get(planned.key)
-        if record is not None and record.status in FAILED_STATUSES:
-            return True
-    return False
+    return any(
+        record is not None and record.status in FAILED_STATUSES
+        for record in window.records(records).values()
+    )
 
 
 def _execute(
@@ -280,18 +274,12 @@ def _execute(
         poll_interval,
         max_wait,
     )
-    records = _read_records(plan)
+    records = read_records(plan)
     rows: dict[str, PipelineRow] = {}
     chosen = []
     for window in plan.windows:
         if mode is Reprocess.FAILED and not _wants_rerun(window, records):
-            cells = {
-                name: StepCell.of_record(
-                    name, planned, records.get(job_tag(planned[0]), {}).get(planned[1].key)
-                )
-                for name, planned in window.steps.items()
-            }
-            rows[window.label] = PipelineRow.of(window, cells)
+            rows[window.label] = window.recorded_row(records)
         else:
             chosen.append(window)
 
