@@ -176,11 +176,28 @@ class PrefectServer:
 
     @contextmanager
     def as_current_api(self) -> Iterator[None]:
-        """Point this test process's Prefect client at this server (not the harness)."""
+        """Point this test process's Prefect client at this server (not the harness), with
+        fresh log and event workers on the way in and out: they keep the first API they
+        reported to, so a later flow's events would go to this server and be dropped."""
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
-            yield
+        flush_prefect_workers()
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+                yield
+                flush_prefect_workers()
+        finally:
+            flush_prefect_workers()
+
+
+def flush_prefect_workers() -> None:
+    """Send this process's queued logs and events now and stop their workers, so that the
+    next ones start against the API then current."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    EventsWorker.drain_all(timeout=30)
 
 
 def free_port() -> int:
