@@ -403,6 +403,9 @@ class BackfillReport(BaseModel):
     job_url: str
     outcomes: list[WindowOutcome]
     dry_run: bool = False
+    notes: list[str] = []
+    """What the user should know about the whole run (a project limit smaller than
+    `max_concurrency`, records this machine alone can see)."""
 
     def count(self, result: WindowResult | str) -> int:
         return sum(1 for o in self.outcomes if o.result == result)

@@ -93,6 +93,7 @@ def run(
     from cml_tasks.prefect.backfill import cml_backfill, observing
 
     seen: list[WindowOutcome] = []
+    notes: list[str] = []
     progress = Progress(
         TextColumn("[bold]backfill"),
         BarColumn(),
@@ -107,7 +108,7 @@ def run(
         seen.append(outcome)
         progress.update(bar, completed=done, total=total, description=_line(outcome))
 
-    with observing(observe), progress:
+    with observing(observe, notes.append), progress:
         state = cml_backfill(job=job, start=start, end=end, return_state=True, **options)
     value = state.result(raise_on_failure=False)
     if isinstance(value, BackfillReport):
@@ -116,7 +117,7 @@ def run(
     if not seen:
         return None, error
     seen.sort(key=lambda o: o.window_start, reverse=options.get("order") == "newest")
-    return BackfillReport(job_url=seen[0].job_url, outcomes=seen), error
+    return BackfillReport(job_url=seen[0].job_url, outcomes=seen, notes=notes), error
 
 
 def _line(outcome: WindowOutcome) -> str:
@@ -144,6 +145,8 @@ def print_report(report: BackfillReport, *, as_json: bool) -> None:
     typer.echo(f"Backfill of {printable(report.job_url)}")
     typer.echo(columns(header, rows))
     typer.echo(report.summary())
+    for note in report.notes:
+        typer.echo(f"Note: {note}")
 
 
 def has_unknown(report: BackfillReport) -> bool:

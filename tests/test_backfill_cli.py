@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from subprocess import CompletedProcess
 
@@ -148,3 +149,74 @@ def test_a_rerun_with_nothing_to_start_asks_only_the_records(
     assert Counter(run["environment"]["START_DATE"] for run in emu.runs()) == Counter(
         {f"2017-0{m}-01": 1 for m in range(1, 5)}
     )
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_project_limit_is_sized_to_max_concurrency_or_its_cap_is_said(
+    emu: Emulator,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    name = "cml-project:alice:risk-analysis"
+    url = emu.job_url("alice", "risk-analysis", "208")
+    with get_client(sync_client=True) as client:
+        with suppress(ObjectNotFound):
+            client.delete_global_concurrency_limit_by_name(name)
+        try:
+            result = CliRunner().invoke(
+                app,
+                [
+                    "backfill",
+                    url,
+                    "--from",
+                    "2017-01-01",
+                    "--to",
+                    "2017-02-28",
+                    "--max-concurrency",
+                    "6",
+                ],
+            )
+            assert result.exit_code == 0, result.output
+            assert client.read_global_concurrency_limit_by_name(name).limit == 6
+            assert "Note:" not in result.stdout
+
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=2))
+            result = CliRunner().invoke(
+                app,
+                [
+                    "backfill",
+                    url,
+                    "--from",
+                    "2017-03-01",
+                    "--to",
+                    "2017-04-30",
+                    "--max-concurrency",
+                    "4",
+                    "--json",
+                ],
+            )
+            assert result.exit_code == 0, result.output
+            said = f"The project limit {name} has 2 slots, fewer than max_concurrency=4"
+            assert said in result.stderr  # at the start, on the terminal
+            assert result.stderr.index(said) < result.stderr.index("Started ")
+            assert any(said in note for note in json.loads(result.stdout)["notes"])
+            result = CliRunner().invoke(
+                app,
+                [
+                    "backfill",
+                    url,
+                    "--from",
+                    "2017-05-01",
+                    "--to",
+                    "2017-05-31",
+                    "--max-concurrency",
+                    "4",
+                ],
+            )
+            assert result.exit_code == 0, result.output
+            assert f"Note: {said}" in result.stdout  # under the summary
+            assert client.read_global_concurrency_limit_by_name(name).limit == 2  # kept
+        finally:
+            client.delete_global_concurrency_limit_by_name(name)

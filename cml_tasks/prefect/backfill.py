@@ -85,17 +85,30 @@ PROGRESS_SECONDS = 1.0
 Observer = Callable[[WindowOutcome, int, int], None]
 """Told of each finished window: (outcome, windows done, windows in all)."""
 _observers: list[Observer] = []
+_note_readers: list[Callable[[str], None]] = []
 
 
 @contextmanager
-def observing(observer: Observer) -> Iterator[None]:
+def observing(observer: Observer, noted: Callable[[str], None] | None = None) -> Iterator[None]:
     """Tell `observer` of every window that backfills in this process finish meanwhile (the
-    CLI's progress bar)."""
+    CLI's progress bar), and `noted` of each note they make (a capped limit, say) as made."""
     _observers.append(observer)
+    if noted is not None:
+        _note_readers.append(noted)
     try:
         yield
     finally:
         _observers.remove(observer)
+        if noted is not None:
+            _note_readers.remove(noted)
+
+
+def _note(notes: list[str], text: str) -> None:
+    """A note for the user: logged now, told to the readers, kept for the report."""
+    get_run_logger().warning("%s", text)
+    notes.append(text)
+    for read in _note_readers:
+        read(text)
 
 
 def _flow_run_name() -> str:
@@ -313,8 +326,9 @@ def cml_backfill(
         max_wait: With `follow`, stop a run (and fail its window) after this many seconds.
         credentials: A saved CML Credentials block; default: the `CML_*` variables.
         project_limit: Size of the project's global concurrency limit
-            (`cml-project:<user>:<project>`) if this backfill has to create it; 0 uses no
-            project limit (only `max_concurrency` bounds this backfill).
+            (`cml-project:<user>:<project>`) if this backfill has to create it (at least
+            `max_concurrency`); 0 uses no project limit (only `max_concurrency` bounds this
+            backfill).
         scale_out: Dispatch one flow run of `deployment` per window instead of tasks here.
         deployment: `flow-name/deployment-name` of a `cml-window-run` deployment (scale-out).
     """
@@ -341,9 +355,9 @@ def cml_backfill(
         mode,
         ", following runs to completion" if follow else "",
     )
-    note = "" if window_records().shared_api else NOT_SHARED
-    if note:
-        logger.warning("%s", note)
+    notes: list[str] = []
+    if not window_records().shared_api:
+        _note(notes, NOT_SHARED)
     if settings.api_v2_key is None:
         logger.info(
             "No API v2 key (CML_API_V2_KEY): a window whose start's outcome is unknown is "
@@ -364,15 +378,18 @@ def cml_backfill(
             ),
         )
     else:
-        limit_name = ensure_project_limit(plan.job, project_limit) if project_limit > 0 else None
+        limit_name = (
+            ensure_project_limit(plan.job, max(project_limit, max_concurrency))
+            if project_limit > 0
+            else None
+        )
         if limit_name is not None and (size := limit_size(limit_name)) < max_concurrency:
-            capped = (
+            _note(
+                notes,
                 f"The project limit {limit_name} has {size} slots, fewer than "
                 f"max_concurrency={max_concurrency}: at most {size} windows of the project "
-                f"start at once. Raise it: {resize_hint(limit_name, max_concurrency)}"
+                f"start at once. Raise it: {resize_hint(limit_name, max_concurrency)}",
             )
-            logger.warning("%s", capped)
-            note = f"{note}. {capped}" if note else capped
         window_arguments = {
             "reprocess": mode,
             "credentials": settings,
@@ -386,7 +403,7 @@ def cml_backfill(
                 plan,
                 lambda on_done: _run_in_process(plan, max_concurrency, window_arguments, on_done),
             )
-    return _report(plan, outcomes, dry_run=dry_run, note=note)
+    return _report(plan, outcomes, dry_run=dry_run, notes=notes)
 
 
 def _collect(
@@ -425,17 +442,19 @@ def _collect(
 
 
 def _report(
-    plan: BackfillPlan, outcomes: list[WindowOutcome], *, dry_run: bool, note: str
+    plan: BackfillPlan, outcomes: list[WindowOutcome], *, dry_run: bool, notes: list[str]
 ) -> BackfillReport:
     """The report, as a markdown artifact and a log line; a Failed state (one line, no
     traceback) listing the failed windows, if any."""
-    report = BackfillReport(job_url=plan.job.page_url, outcomes=outcomes, dry_run=dry_run)
+    report = BackfillReport(
+        job_url=plan.job.page_url, outcomes=outcomes, dry_run=dry_run, notes=notes
+    )
     first, last = plan.windows[0].window, plan.windows[-1].window
     span = f"{min(first.start, last.start)}-{max(first.last_day, last.last_day)}"
     create_markdown_artifact(
         key=f"{artifact_key('backfill', plan.job)}-{span}",
         markdown=f"### Backfill of {plan.job.slug}: {report.summary()}\n\n"
-        + (f"**Note**: {note}.\n\n" if note else "")
+        + "".join(f"**Note**: {note}.\n\n" for note in notes)
         + _markdown(report),
         description=f"Backfill of {plan.job.slug}: {report.summary()}",
     )
