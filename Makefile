@@ -3,8 +3,8 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-# Test processes: most of a test waits for servers and CML runs, so two processes share two cores (three were faster, 10.5 min, but a loaded server then dropped a task-run event in one run of four).
-WORKERS ?= 2
+# Test processes: much of a test waits for servers, leases and CML runs, so three share two cores (10.5 min; two took 17.6 min).
+WORKERS ?= 3
 
 .PHONY: demo ui test check lint
 

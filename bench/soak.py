@@ -208,28 +208,12 @@ def _days(windows: int) -> tuple[date, date]:
 
 def _records(server: PrefectServer, job_url: str) -> dict[date, dict[str, Any]]:
     """The job's window records on the server, by window start (claims left out)."""
-    import httpx
-
-    from cml_tasks.backfill import job_tag
     from cml_tasks.job import JobRef
-    from cml_tasks.record_layout import newest_records
+    from cml_tasks.prefect_rest import PrefectAPI, job_records
 
-    tag = job_tag(JobRef.parse(job_url))
-    found: dict[date, dict[str, Any]] = {}
-    with httpx.Client(base_url=server.api_url, timeout=60) as http:
-        offset = 0
-        while True:
-            page = http.post(
-                "/variables/filter",
-                json={"variables": {"tags": {"all_": [tag]}}, "limit": 200, "offset": offset},
-            )
-            page.raise_for_status()
-            items = page.json()
-            for record in newest_records(items).values():
-                found[record.window_start] = record.model_dump(mode="json")
-            if len(items) < 200:
-                return found
-            offset += 200
+    found = job_records(PrefectAPI(server.api_url, {}), JobRef.parse(job_url), at_least=0)
+    assert found is not None
+    return {record.window_start: record.model_dump(mode="json") for record in found.values()}
 
 
 class Soak:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -42,13 +43,19 @@ __all__ = [
     "decide",
     "decide_record",
     "job_tag",
+    "legacy_job_tag",
+    "legacy_window_key",
     "plan_backfill",
     "project_limit_name",
     "window_key",
 ]
 
-KEY_PREFIX = "cml-backfill-"
-"""Prefix of every record key (a file name in local result storage)."""
+LEGACY_KEY_PREFIX = "cml-backfill-"
+"""Prefix of the record keys before they were readable (`legacy_window_key`)."""
+KEY_DIGEST_CHARS = 12
+"""Hex digits of the identity's digest that end a record key."""
+MAX_SLUG_CHARS = 100
+"""A record key names at most this much of the project and job id (a name has 255 at most)."""
 MAX_CONCURRENCY = 64
 """Upper bound of a backfill's `max_concurrency` (its flow's thread pool has this many)."""
 
@@ -100,6 +107,7 @@ class WindowRecord(BaseModel):
     job_url: str
     window_start: date
     window_end: date
+    """The window's last day (inclusive, as everywhere a person reads it)."""
     environment: dict[str, str]
     status: WindowStatus
     engine_id: str | None = None
@@ -118,6 +126,10 @@ class WindowRecord(BaseModel):
     """The holder's claim ends then unless renewed: a holder that died frees the window."""
     attempt: int = 0
     """How often the window was taken over (a restart, an adoption): orders the claims."""
+
+    @property
+    def window(self) -> Window:
+        return Window(start=self.window_start, end=self.window_end + timedelta(days=1))
 
     def held_by_another(self, holder: str, now: datetime) -> bool:
         """Some other process holds the window and its lease is still running."""
@@ -154,23 +166,46 @@ class BackfillPlan(BaseModel):
 
 
 def window_key(job: JobRef, window: Window, extra: Mapping[str, str] | None = None) -> str:
-    """The record key of "this job, this window": stable across runs, machines and renderings.
+    """The record key of "this job, this window": stable across runs, machines and renderings,
+    and readable where the Prefect UI lists it: `cml-risk-analysis-208-2017-11-01-2017-11-30-`
+    and 12 hex digits, the start of `legacy_window_key`'s digest, which tells apart the same
+    project and job id on two hosts or users and a pipeline step's own environment.
 
     `extra` is a pipeline step's own environment: a step with some is its own (step, window);
     one without shares the plain job's record. The job must have its host resolved: the same
     path on two workspaces is two jobs.
     """
+    digest = legacy_window_key(job, window, extra).removeprefix(LEGACY_KEY_PREFIX)
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{job.project}-{job.job_id}".lower()).strip("-")
+    dates = f"{window.start.isoformat()}-{window.last_day.isoformat()}"
+    return f"cml-{slug[:MAX_SLUG_CHARS]}-{dates}-{digest[:KEY_DIGEST_CHARS]}"
+
+
+def legacy_window_key(job: JobRef, window: Window, extra: Mapping[str, str] | None = None) -> str:
+    """The key records had before they were readable (`cml-backfill-` and 40 hex digits):
+    still read, and moved to `window_key` when the window is next written."""
     if job.host is None:
         raise CMLInputError(f"No CML host for job {job.slug}: give its full page URL")
     parts = ("v1", job.host, job.username, job.project, job.job_id)
     identity = "\n".join((*parts, window.start.isoformat(), window.end.isoformat()))
     if extra:
         identity += "\n" + json.dumps(sorted(extra.items()))
-    return KEY_PREFIX + hashlib.sha256(identity.encode()).hexdigest()[:40]
+    return LEGACY_KEY_PREFIX + hashlib.sha256(identity.encode()).hexdigest()[:40]
+
+
+def legacy_key_of(key: str) -> str:
+    """The start of a readable key's legacy key: a record from before is found by it."""
+    return LEGACY_KEY_PREFIX + key[-KEY_DIGEST_CHARS:]
 
 
 def job_tag(job: JobRef) -> str:
-    """The tag of every record of `job` (`cml-job-<16 hex>`): lists one job's windows."""
+    """The tag of every record of `job`, as on its runs: `cml-job:risk-analysis/208` (a job of
+    the same project and id on another host or user shares it: readers check `job_url`)."""
+    return f"cml-job:{job.project}/{job.job_id}"
+
+
+def legacy_job_tag(job: JobRef) -> str:
+    """The tag records of `job` had before they were readable (`cml-job-<16 hex>`)."""
     if job.host is None:
         raise CMLInputError(f"No CML host for job {job.slug}: give its full page URL")
     identity = "\n".join(("v1", job.host, job.username, job.project, job.job_id))
@@ -389,7 +424,7 @@ class WindowOutcome(BaseModel):
         return cls(
             window=planned.label,
             window_start=planned.window.start,
-            window_end=planned.window.end,
+            window_end=planned.window.last_day,
             environment=planned.environment,
             result=result,
             job_url=job.page_url,

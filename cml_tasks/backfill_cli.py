@@ -20,13 +20,13 @@ from cml_tasks.backfill import (
     WindowOutcome,
     WindowResult,
     check_run_options,
-    job_tag,
     plan_backfill,
     settled_skip,
 )
 from cml_tasks.errors import BackfillFailed, CMLError
 from cml_tasks.job import JobRef
 from cml_tasks.prefect_rest import job_records, prefect_api_from_settings
+from cml_tasks.record_layout import find
 from cml_tasks.settings import CMLSettings
 
 
@@ -50,14 +50,14 @@ def settled(
         return None
     plan, mode = _checked_plan(job, start, end, options, dry_run=False)
     try:
-        records = job_records(api, job_tag(plan.job), at_least=len(plan.windows))
+        records = job_records(api, plan.job, at_least=len(plan.windows))
     except (httpx.HTTPError, ValueError):
         return None
     if records is None:
         return None
     outcomes = []
     for planned in plan.windows:
-        record = records.get(planned.key)
+        record = find(records, planned.key)
         reason = settled_skip(record, mode, options.get("follow", False))
         if reason is None:
             return None
@@ -104,11 +104,16 @@ def run(
     )
     bar = progress.add_task("", total=None)
 
+    def note(text: str) -> None:
+        """Said on the terminal as the backfill makes it (not only in its log)."""
+        notes.append(text)
+        progress.console.print(f"Note: {text}", markup=False, highlight=False, soft_wrap=True)
+
     def observe(outcome: WindowOutcome, done: int, total: int) -> None:
         seen.append(outcome)
         progress.update(bar, completed=done, total=total, description=_line(outcome))
 
-    with observing(observe, notes.append), progress:
+    with observing(observe, note), progress:
         state = cml_backfill(job=job, start=start, end=end, return_state=True, **options)
     value = state.result(raise_on_failure=False)
     if isinstance(value, BackfillReport):

@@ -33,12 +33,12 @@ from cml_tasks.backfill import (
     WindowRecord,
     WindowResult,
     WindowStatus,
-    job_tag,
     window_key,
 )
 from cml_tasks.environment import validate_environment
 from cml_tasks.errors import BackfillFailed, CMLError, CMLInputError
 from cml_tasks.job import JobRef
+from cml_tasks.record_layout import find
 from cml_tasks.window_options import WindowOptions
 from cml_tasks.windows import Window, windows_between
 
@@ -258,8 +258,9 @@ class StepResult(StrEnum):
 
 PipelineStep = tuple[JobRef, PlannedWindow]
 """A step's job (host resolved) and its planned window (record key, environment)."""
-RecordsByTag = Mapping[str, Mapping[str, WindowRecord]]
-"""Window records as read per job: by job tag (`job_tag`), then by record key."""
+RecordsByJob = Mapping[str, Mapping[str, WindowRecord]]
+"""Window records as read per job: by job page URL, then by record key
+(`record_layout.job_records`)."""
 
 
 class PipelineWindow(BaseModel):
@@ -275,14 +276,14 @@ class PipelineWindow(BaseModel):
     def label(self) -> str:
         return self.window.label
 
-    def records(self, known: RecordsByTag) -> dict[str, WindowRecord | None]:
-        """Each step's record in `known` (by job tag, then record key); None: it has none."""
+    def records(self, known: RecordsByJob) -> dict[str, WindowRecord | None]:
+        """Each step's record in `known` (by job, then record key); None: it has none."""
         return {
-            name: known.get(job_tag(job), {}).get(planned.key)
+            name: find(known.get(job.page_url, {}), planned.key)
             for name, (job, planned) in self.steps.items()
         }
 
-    def recorded_row(self, known: RecordsByTag) -> PipelineRow:
+    def recorded_row(self, known: RecordsByJob) -> PipelineRow:
         """The window's row as its steps' records in `known` tell it."""
         records = self.records(known)
         return PipelineRow.of(
@@ -303,9 +304,10 @@ class PipelinePlan(BaseModel):
     windows: list[PipelineWindow]
 
     @property
-    def job_tags(self) -> set[str]:
-        """The record tags of the pipeline's jobs (every window has the same jobs)."""
-        return {job_tag(job) for window in self.windows[:1] for job, _ in window.steps.values()}
+    def jobs(self) -> list[JobRef]:
+        """The pipeline's jobs, once each (every window has the same jobs)."""
+        first = self.windows[0].steps.values() if self.windows else []
+        return list({job.page_url: job for job, _ in first}.values())
 
 
 def step_window(pipeline: Pipeline, step: Step, window: Window, host: str | None) -> PipelineStep:
@@ -574,7 +576,7 @@ def planned_report(plan: PipelinePlan) -> PipelineReport:
     return PipelineReport(pipeline=plan.pipeline.name, steps=names, rows=rows, dry_run=True)
 
 
-def recorded_report(plan: PipelinePlan, records: RecordsByTag) -> PipelineReport:
+def recorded_report(plan: PipelinePlan, records: RecordsByJob) -> PipelineReport:
     """The grid as the steps' window records tell it (`cml-jobs records --pipeline`)."""
     rows = [window.recorded_row(records) for window in plan.windows]
     names = [step.name for step in plan.pipeline.order()]

@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 
 from cml_tasks.backfill import WindowRecord
-from cml_tasks.record_layout import listed_records, tagged
+from cml_tasks.job import JobRef
+from cml_tasks.record_layout import listed_records, listing_tags, tagged
 
 _NOT_FOLLOWED = (
     "PREFECT_API_TLS_INSECURE_SKIP_VERIFY",
@@ -81,23 +82,28 @@ def _active_profile(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: str(v) for k, v in profile.items()} if isinstance(profile, dict) else {}
 
 
-def job_records(api: PrefectAPI, tag: str, *, at_least: int) -> dict[str, WindowRecord] | None:
-    """The records of the job tagged `tag` (`job_tag`) by key, or None when the job has fewer
-    than `at_least` variables (they cannot cover that many windows: one request, not the
-    listing). Raises `httpx.HTTPError` or a `ValueError` for an answer it cannot read."""
+def job_records(api: PrefectAPI, job: JobRef, *, at_least: int) -> dict[str, WindowRecord] | None:
+    """`job`'s records by key (`record_layout.job_records`), or None when the job has fewer
+    than `at_least` variables (they cannot cover that many windows: a count, not the listing).
+    Raises `httpx.HTTPError` or a `ValueError` for an answer it cannot read."""
     with httpx.Client(base_url=api.url, headers=api.headers, timeout=TIMEOUT_SECONDS) as http:
-        count = _json(http.post("/variables/count", json=tagged(tag)))
-        if not isinstance(count, int) or count < at_least:
+        count = 0
+        for tag in listing_tags(job):
+            counted = _json(http.post("/variables/count", json=tagged(tag)))
+            if not isinstance(counted, int):
+                raise ValueError(f"/variables/count answered {type(counted).__name__}")
+            count += counted
+        if count < at_least:
             return None
 
-        def page(offset: int, limit: int) -> list[dict[str, Any]]:
+        def page(tag: str, offset: int, limit: int) -> list[dict[str, Any]]:
             body = tagged(tag) | {"offset": offset, "limit": limit}
             found = _json(http.post("/variables/filter", json=body))
             if not isinstance(found, list):
                 raise ValueError(f"/variables/filter answered {type(found).__name__}, not a list")
             return found
 
-        return listed_records(page)
+        return listed_records(job, page)
 
 
 def _json(response: httpx.Response) -> Any:

@@ -9,9 +9,8 @@ from datetime import date
 import typer
 
 from cml_tasks._text import columns, printable
-from cml_tasks.backfill import WindowRecord, job_tag
+from cml_tasks.backfill import WindowRecord
 from cml_tasks.job import JobRef
-from cml_tasks.windows import Window
 
 
 def load(job: JobRef, start: date | None, end: date | None) -> tuple[list[WindowRecord], bool]:
@@ -22,15 +21,15 @@ def load(job: JobRef, start: date | None, end: date | None) -> tuple[list[Window
     records = window_records()
     found = [
         record
-        for record in records.records(job_tag(job))
-        if (start is None or record.window_end > start)
+        for record in records.records(job).values()
+        if (start is None or record.window_end >= start)
         and (end is None or record.window_start <= end)
     ]
     return sorted(found, key=lambda record: record.window_start), records.shared_api
 
 
 def label(record: WindowRecord) -> str:
-    return Window(start=record.window_start, end=record.window_end).label
+    return record.window.label
 
 
 def show(records: list[WindowRecord], job: JobRef, *, as_json: bool) -> None:
@@ -52,8 +51,7 @@ def show(records: list[WindowRecord], job: JobRef, *, as_json: bool) -> None:
 
 def span(record: WindowRecord) -> str:
     """`FIRST..LAST` (inclusive): names one record even when labels and start dates clash."""
-    last = Window(start=record.window_start, end=record.window_end).last_day
-    return f"{record.window_start.isoformat()}..{last.isoformat()}"
+    return f"{record.window_start.isoformat()}..{record.window_end.isoformat()}"
 
 
 def pick(records: list[WindowRecord], window: str, job: JobRef) -> WindowRecord:

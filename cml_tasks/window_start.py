@@ -171,7 +171,7 @@ class WindowStart:
             key=self.planned.key,
             job_url=self.job.page_url,
             window_start=self.planned.window.start,
-            window_end=self.planned.window.end,
+            window_end=self.planned.window.last_day,
             environment=self.planned.environment,
             status=status,
             **fields,

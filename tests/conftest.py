@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -198,6 +198,17 @@ def flush_prefect_workers() -> None:
 
     APILogWorker.drain_all(timeout=30)
     EventsWorker.drain_all(timeout=30)
+
+
+def server_records(server: PrefectServer, job_url: str) -> dict[str, Any]:
+    """The job's window records on `server` right now, by key (`WindowRecord`s, read as a
+    rerun without Prefect reads them)."""
+    from cml_tasks.job import JobRef
+    from cml_tasks.prefect_rest import PrefectAPI, job_records
+
+    found = job_records(PrefectAPI(server.api_url, {}), JobRef.parse(job_url), at_least=0)
+    assert found is not None
+    return found
 
 
 def free_port() -> int:
@@ -484,21 +495,15 @@ def machine_env(server: PrefectServer, root: Path, name: str, **extra: str) -> d
 
 @contextmanager
 def record_writes_refused() -> Iterator[None]:
-    """Every update of a window record, and every creation of its outcome, answered 500 by
-    the Prefect API, as a busy SQLite server's "database is locked" ends once the client
-    stops resending it; everything else passes through to the real servers. respx: a real
-    server cannot fail one route on demand. A 500, because Prefect's client does not resend
-    it (a 503 it resends for a minute)."""
+    """Every update of a window record answered 500 by the Prefect API, as when a server
+    fails to write it; everything else (a first claim's creation among it) passes through to
+    the real servers. respx: a real server cannot fail one route on demand. A 500, because
+    it is not a "not now" (SQLite's "database is locked" is a 503, sent again)."""
     import httpx
     import respx
 
-    from cml_tasks.record_layout import OUTCOME_INFIX
-
     with respx.mock(assert_all_called=False) as api:
         refused = httpx.Response(500, json={"exception_message": "Internal Server Error"})
-        api.patch(url__regex=r".*/api/variables/name/cml-backfill-.*").mock(return_value=refused)
-        api.post(url__regex=r".*/api/variables/$", content__contains=OUTCOME_INFIX).mock(
-            return_value=refused
-        )
+        api.patch(url__regex=r".*/api/variables/name/cml-(?!claim-).*").mock(return_value=refused)
         api.route().pass_through()
         yield

@@ -70,7 +70,7 @@ def _record(status: WindowStatus) -> WindowRecord:
         key="k",
         job_url="https://h/alice/p/jobs/1",
         window_start=JAN,
-        window_end=date(2017, 2, 1),
+        window_end=date(2017, 1, 31),
         environment={},
         status=status,
         error="boom",
@@ -498,7 +498,6 @@ def test_a_window_held_by_a_dead_process_is_unknown_and_resolved_through_v2(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
-    from cml_tasks.record_layout import outcome_name
     from cml_tasks.window_start import WindowStart
 
     _backfill(emu, "2017-01-01", "2017-02-28")
@@ -515,9 +514,8 @@ def test_a_window_held_by_a_dead_process_is_unknown_and_resolved_through_v2(
             ).model_dump(mode="json")
             if create:
                 client.create_variable(VariableCreate(name=planned.key, value=record))
-            else:  # the record says starting, and no outcome was written beside it
+            else:  # the record says starting: its outcome was never written
                 client.update_variable(VariableUpdate(name=planned.key, value=record))
-                client.delete_variable_by_name(outcome_name(planned.key, 0))
 
     blind = _backfill(emu, "2017-01-01", "2017-03-31")
     assert blind.is_failed()
@@ -533,14 +531,13 @@ def test_a_window_held_by_a_dead_process_is_unknown_and_resolved_through_v2(
 
 
 def test_records_hold_no_secret(emu: Emulator) -> None:
-    from cml_tasks.backfill import job_tag
     from cml_tasks.prefect.records import window_records
 
     _backfill(emu, "2017-01-01", "2017-02-28")
     job = JobRef.parse(emu.job_url("alice", "risk-analysis", "208"))
-    records = window_records().records(job_tag(job))
+    records = window_records().records(job)
     assert len(records) == 2
-    assert all(DEFAULT_V1_KEY not in record.model_dump_json() for record in records)
+    assert all(DEFAULT_V1_KEY not in record.model_dump_json() for record in records.values())
 
 
 def test_bad_parameters_fail_before_any_request(emu: Emulator) -> None:

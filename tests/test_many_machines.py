@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import PrefectServer, machine_env, spawn, stop_process
+from conftest import PrefectServer, machine_env, server_records, spawn, stop_process
 
 from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator, Fault
 
@@ -188,19 +188,10 @@ def test_a_flow_run_retried_in_a_fresh_container_starts_nothing_again(
 
 def _starting(server: PrefectServer, job_url: str) -> int:
     """How many of the job's window records say `starting` right now."""
-    import httpx
+    from cml_tasks.backfill import WindowStatus
 
-    from cml_tasks.backfill import WindowStatus, job_tag
-    from cml_tasks.job import JobRef
-    from cml_tasks.record_layout import newest_records
-
-    page = httpx.post(
-        f"{server.api_url}/variables/filter",
-        json={"variables": {"tags": {"all_": [job_tag(JobRef.parse(job_url))]}}, "limit": 200},
-        timeout=10,
-    ).json()
-    records = newest_records(v for v in page if isinstance(v["value"], dict))
-    return sum(1 for record in records.values() if record.status is WindowStatus.STARTING)
+    records = server_records(server, job_url).values()
+    return sum(1 for record in records if record.status is WindowStatus.STARTING)
 
 
 def test_a_machine_killed_mid_start_leaves_each_window_once_or_reported(

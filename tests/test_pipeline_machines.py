@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PrefectServer, machine_env
+from conftest import PrefectServer, machine_env, server_records
 
 from cml_tasks.backfill import WindowStatus
 from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator, Fault, default_config
@@ -183,21 +183,9 @@ def named_runs_are_cml_s(report: dict[str, Any], cml: Emulator) -> bool:
 
 def statuses(server: PrefectServer, cml: Emulator) -> Counter[WindowStatus]:
     """How many of the pipeline jobs' window records say each status right now."""
-    import httpx
-
-    from cml_tasks.backfill import job_tag
-    from cml_tasks.job import JobRef
-    from cml_tasks.record_layout import newest_records
-
     found: Counter[WindowStatus] = Counter()
     for job_id in JOBS:
-        tag = job_tag(JobRef.parse(cml.job_url("alice", "risk-analysis", job_id)))
-        page = httpx.post(
-            f"{server.api_url}/variables/filter",
-            json={"variables": {"tags": {"all_": [tag]}}, "limit": 200},
-            timeout=10,
-        ).json()
-        records = newest_records(v for v in page if isinstance(v["value"], dict))
+        records = server_records(server, cml.job_url("alice", "risk-analysis", job_id))
         found.update(record.status for record in records.values())
     return found
 

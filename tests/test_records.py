@@ -1,23 +1,32 @@
 """Window records on a real Prefect API: how a claim, its outcome, a take-over and a forget
-are stored as Prefect Variables (`ServerRecords`)."""
+are stored as Prefect Variables (`ServerRecords`): one readable variable per settled window,
+records from before still read and moved."""
 
 from __future__ import annotations
 
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from cml_tasks.backfill import WindowRecord, WindowStatus, job_tag
+from cml_tasks.backfill import (
+    WindowRecord,
+    WindowStatus,
+    legacy_job_tag,
+    legacy_window_key,
+    window_key,
+)
 from cml_tasks.errors import CMLRecordError
 from cml_tasks.job import JobRef
+from cml_tasks.windows import Window
 
 JOB = JobRef.parse("https://ml.example.com/alice/risk-analysis/jobs/777")
-KEY = "cml-backfill-" + "7" * 40
+JANUARY = Window(start=date(2017, 1, 1), end=date(2017, 2, 1))
+KEY = window_key(JOB, JANUARY)
+LEGACY_KEY = legacy_window_key(JOB, JANUARY)
 
 
 @pytest.fixture
@@ -31,40 +40,56 @@ def _record(status: WindowStatus, **fields: Any) -> WindowRecord:
     return WindowRecord(
         key=KEY,
         job_url=JOB.page_url,
-        window_start=date(2017, 1, 1),
-        window_end=date(2017, 2, 1),
+        window_start=JANUARY.start,
+        window_end=JANUARY.last_day,
         environment={"START_DATE": "2017-01-01"},
         status=status,
         **fields,
     )
 
 
-def _stored(name: str) -> dict[str, Any] | None:
-    """A variable's value as the server holds it."""
+def _variables() -> dict[str, dict[str, Any]]:
+    """Every variable tagged `cml` on the server, by name: value and tags."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        variable = client.read_variable_by_name(name)
-    return None if variable is None else dict(variable.value)  # type: ignore[arg-type]
+        found = client.request(
+            "POST", "/variables/filter", json={"variables": {"tags": {"all_": ["cml"]}}}
+        ).json()
+    return {v["name"]: {"value": v["value"], "tags": v["tags"]} for v in found}
 
 
-def test_an_outcome_is_created_beside_the_record_never_written_over_it(records: Any) -> None:
-    from cml_tasks.record_layout import outcome_name
+def test_the_key_names_the_job_and_the_window_s_first_and_last_day() -> None:
+    assert KEY.startswith("cml-risk-analysis-777-2017-01-01-2017-01-31-")
+    assert KEY[-12:] == LEGACY_KEY.removeprefix("cml-backfill-")[:12]
+    other_user = JobRef.parse("https://ml.example.com/bob/risk-analysis/jobs/777")
+    assert window_key(other_user, JANUARY) != KEY
+    assert window_key(JOB, JANUARY, {"REGION": "eu"}) != KEY
 
+
+def test_a_settled_window_is_one_readable_variable(records: Any) -> None:
     claim = records.claim(KEY, None, _record(WindowStatus.STARTING))
     assert claim is not None
     with claim as held:
+        assert _variables()[KEY]["value"]["status"] == "starting"
         held.release(_record(WindowStatus.STARTED, engine_id="run1"))
 
-    assert (_stored(KEY) or {})["status"] == "starting"  # the claim, as it was created
-    outcome = _stored(outcome_name(KEY, 0))
-    assert outcome is not None and outcome["status"] == "started"
+    stored = _variables()
+    assert list(stored) == [KEY]
+    assert stored[KEY]["tags"] == ["cml", "cml-job:risk-analysis/777"]
+    value = stored[KEY]["value"]
+    assert (value["status"], value["engine_id"], value["holder"]) == ("started", "run1", None)
+    assert value["window_end"] == "2017-01-31"  # inclusive, as everywhere else
     read = records.read(KEY)
     assert (read.status, read.engine_id, read.holder) == (WindowStatus.STARTED, "run1", None)
-    assert records.records(job_tag(JOB)) == [read]
+    assert records.records(JOB) == {KEY: read}
 
 
-def test_a_take_over_claims_the_next_attempt_and_its_outcome_wins(records: Any) -> None:
+def test_a_take_over_claims_the_next_attempt_beside_the_record_until_it_ends(
+    records: Any,
+) -> None:
+    from cml_tasks.record_layout import claim_name
+
     first = records.claim(KEY, None, _record(WindowStatus.STARTING))
     with first as held:
         held.release(_record(WindowStatus.START_FAILED, error="502"))
@@ -76,85 +101,177 @@ def test_a_take_over_claims_the_next_attempt_and_its_outcome_wins(records: Any) 
     with again as held:
         during = records.read(KEY)
         assert (during.status, during.attempt) == (WindowStatus.STARTING, 1)
+        assert set(_variables()) == {KEY, claim_name(KEY, 1)}
         assert records.claim(KEY, failed, _record(WindowStatus.STARTING)) is None  # taken
         held.release(_record(WindowStatus.STARTED, engine_id="run2"))
 
-    listed = records.records(job_tag(JOB))
-    assert [(r.status, r.attempt, r.engine_id) for r in listed] == [
+    assert list(_variables()) == [KEY]
+    listed = records.records(JOB)
+    assert [(r.status, r.attempt, r.engine_id) for r in listed.values()] == [
         (WindowStatus.STARTED, 1, "run2")
     ]
-    assert records.read(KEY) == listed[0]
+    assert records.read(KEY) == listed[KEY]
 
 
-def test_forget_deletes_the_record_and_every_outcome(records: Any) -> None:
-    from cml_tasks.record_layout import outcome_name
+def test_another_job_of_the_same_name_shares_the_tag_but_not_the_records(records: Any) -> None:
+    other = JobRef.parse("https://other.example.com/alice/risk-analysis/jobs/777")
+    theirs = _record(WindowStatus.STARTING).model_copy(
+        update={"key": window_key(other, JANUARY), "job_url": other.page_url}
+    )
+    with records.claim(theirs.key, None, theirs) as held:
+        held.release(theirs.model_copy(update={"status": WindowStatus.STARTED}))
+    assert records.records(JOB) == {}
+    assert list(records.records(other)) == [theirs.key]
 
+
+def test_forget_deletes_the_record(records: Any) -> None:
     with records.claim(KEY, None, _record(WindowStatus.STARTING)) as held:
         held.release(_record(WindowStatus.START_FAILED, error="502"))
-    with records.claim(KEY, records.read(KEY), _record(WindowStatus.STARTING)) as held:
-        held.release(_record(WindowStatus.STARTED, engine_id="run2"))
-
     assert records.forget(KEY)
-    assert [_stored(n) for n in (KEY, outcome_name(KEY, 0), outcome_name(KEY, 1))] == [None] * 3
-    assert records.records(job_tag(JOB)) == []
+    assert _variables() == {}
+    assert records.records(JOB) == {}
     assert records.read(KEY) is None
     assert not records.forget(KEY)
     assert records.claim(KEY, None, _record(WindowStatus.STARTING)) is not None  # a new start
 
 
-def test_an_outcome_written_by_another_process_is_a_record_error(records: Any) -> None:
+def _write_legacy(status: str, attempts: int = 1) -> None:
+    """A window's variables as versions before the readable layout wrote them: the record
+    (its first claim), the outcome of each attempt beside it, a hashed tag, and the window's
+    end the day after."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import VariableCreate
 
-    from cml_tasks.record_layout import outcome_name
-
-    claim = records.claim(KEY, None, _record(WindowStatus.STARTING))
-    other = _record(WindowStatus.STARTED, engine_id="theirs").model_dump(mode="json")
+    value = {
+        "key": LEGACY_KEY,
+        "job_url": JOB.page_url,
+        "window_start": "2017-01-01",
+        "window_end": "2017-02-01",
+        "environment": {"START_DATE": "2017-01-01"},
+        "status": "starting",
+        "attempt": 0,
+        "updated_at": "2017-02-01T00:00:00Z",
+    }
+    tags = ["cml", legacy_job_tag(JOB)]
     with get_client(sync_client=True) as client:
-        client.create_variable(VariableCreate(name=outcome_name(KEY, 0), value=other, tags=["cml"]))
-    with claim as held, pytest.raises(CMLRecordError, match="exists already"):
-        held.release(_record(WindowStatus.STARTED, engine_id="ours"))
-    assert records.read(KEY).engine_id == "theirs"
+        client.create_variable(VariableCreate(name=LEGACY_KEY, value=value, tags=tags))
+        for attempt in range(attempts):
+            outcome = value | {"status": status, "attempt": attempt, "engine_id": f"old{attempt}"}
+            client.create_variable(
+                VariableCreate(name=f"{LEGACY_KEY}-outcome-a{attempt}", value=outcome, tags=tags)
+            )
 
 
-def test_an_outcome_whose_answer_was_lost_is_written_once(records: Any) -> None:
-    """The server creates the outcome but the answer never arrives: Prefect's client sends
-    the creation again, which finds the outcome already there, and it is ours."""
+def test_a_record_from_before_is_read_as_the_same_window(records: Any) -> None:
+    from cml_tasks.prefect.records import ServerRecords
+    from cml_tasks.record_layout import find
+
+    _write_legacy("started", attempts=2)
+    fresh = ServerRecords(records.client, "reader", shared_api=True)  # asks for them anew
+    read = fresh.read(KEY)
+    assert (read.key, read.status, read.engine_id, read.attempt) == (
+        LEGACY_KEY,
+        WindowStatus.STARTED,
+        "old1",
+        1,
+    )
+    assert read.window_end == date(2017, 1, 31)
+    assert find(fresh.records(JOB), KEY) == read
+
+
+def test_a_record_from_before_is_replaced_when_its_window_is_next_written(
+    records: Any,
+) -> None:
+    from cml_tasks.prefect.records import ServerRecords
+
+    _write_legacy("start_failed")
+    fresh = ServerRecords(records.client, "taker", shared_api=True)
+    seen = fresh.read(KEY)
+    with fresh.claim(KEY, seen, _record(WindowStatus.STARTING)) as held:
+        held.release(_record(WindowStatus.STARTED, engine_id="new"))
+    assert list(_variables()) == [KEY]
+    now = fresh.read(KEY)
+    assert (now.key, now.status, now.engine_id, now.attempt) == (
+        KEY,
+        WindowStatus.STARTED,
+        "new",
+        1,
+    )
+
+
+def test_forget_deletes_a_record_from_before_and_its_outcomes(records: Any) -> None:
+    _write_legacy("started", attempts=2)
+    assert records.forget(LEGACY_KEY)
+    assert _variables() == {}
+
+
+def test_a_busy_or_lost_answer_to_a_record_write_is_sent_again(records: Any) -> None:
+    """SQLite's "database is locked" (503) and an answer lost after the server wrote: the
+    write is sent again at once (Prefect's client would wait 2, 4, 8 s)."""
     import respx
 
-    from cml_tasks.record_layout import OUTCOME_INFIX
+    sent: list[str] = []
 
-    sent: list[int] = []
-
-    def lose_first_answer(request: httpx.Request) -> httpx.Response:
-        """Each creation reaches the server through urllib (respx leaves it alone); the first
-        one's connection then drops before its answer."""
+    def busy_then_lost(request: httpx.Request) -> httpx.Response:
+        """The first answer is "locked"; the second write reaches the server (urllib: respx
+        leaves it alone) but its answer is lost; the third goes through."""
+        sent.append(request.method)
+        if len(sent) == 1:
+            return httpx.Response(503, json={"detail": "database is locked"})
         forward = urllib.request.Request(
             str(request.url),
             data=request.content,
             headers={"Content-Type": "application/json"},
-            method="POST",
+            method="PATCH",
         )
-        try:
-            with urllib.request.urlopen(forward, timeout=30) as answer:
-                status, body = answer.status, answer.read()
-        except urllib.error.HTTPError as refused:
-            status, body = refused.code, refused.read()
-        sent.append(status)
-        if len(sent) == 1:
+        with urllib.request.urlopen(forward, timeout=30) as answer:
+            status = answer.status
+        if len(sent) == 2:
             raise httpx.ReadError("connection reset before the answer", request=request)
-        return httpx.Response(status, content=body, headers={"Content-Type": "application/json"})
+        return httpx.Response(status)
 
     claim = records.claim(KEY, None, _record(WindowStatus.STARTING))
-    with respx.mock(assert_all_called=True) as api:
-        api.post(url__regex=r".*/api/variables/$", content__contains=OUTCOME_INFIX).mock(
-            side_effect=lose_first_answer
-        )
+    with respx.mock(assert_all_called=False) as api:
+        api.patch(url__regex=rf".*/api/variables/name/{KEY}$").mock(side_effect=busy_then_lost)
         api.route().pass_through()
         with claim as held:
             held.release(_record(WindowStatus.STARTED, engine_id="run1"))
-    assert sent == [201, 409]  # created; sent again, found
+    assert len(sent) == 3
     assert records.read(KEY).engine_id == "run1"
+
+
+def test_a_refused_record_write_is_a_record_error_and_leaves_no_claim(records: Any) -> None:
+    from conftest import record_writes_refused
+
+    with records.claim(KEY, None, _record(WindowStatus.STARTING)) as held:
+        held.release(_record(WindowStatus.START_FAILED, error="502"))
+    failed = records.read(KEY)
+    with record_writes_refused(), pytest.raises(CMLRecordError, match="500"):
+        records.claim(KEY, failed, _record(WindowStatus.STARTING))
+    assert list(_variables()) == [KEY]
+    assert records.read(KEY) == failed
+
+
+def test_a_write_is_never_sent_once_the_claim_may_have_ended(
+    records: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import respx
+
+    from cml_tasks.prefect import records as module
+
+    monkeypatch.setenv(module.LEASE_SETTING, "3")
+    claim = records.claim(KEY, None, _record(WindowStatus.STARTING))
+    with respx.mock(assert_all_called=True) as api:
+        api.patch(url__regex=rf".*/api/variables/name/{KEY}$").mock(
+            return_value=httpx.Response(503, json={"detail": "database is locked"})
+        )
+        api.route().pass_through()
+        with claim as held, pytest.raises(CMLRecordError, match="before its claim's lease"):
+            held.release(_record(WindowStatus.STARTED, engine_id="run1"))
+        assert api.calls.call_count >= 1
+    ended = records.read(KEY)
+    assert ended.status is WindowStatus.STARTING
+    assert ended.lease_until - timedelta(seconds=1) < ended.updated_at + timedelta(seconds=3)
 
 
 def test_the_claim_lease_is_45_s_unless_cml_claim_lease_seconds_says(

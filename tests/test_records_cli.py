@@ -105,7 +105,7 @@ def test_item_16_forget_a_start_date_two_records_share_is_refused(
     from cml_tasks import records_cli
     from cml_tasks.cli import app
 
-    both = [_record("2018-01-01", "2018-02-01"), _record("2018-01-01", "2018-01-02")]
+    both = [_record("2018-01-01", "2018-01-31"), _record("2018-01-01", "2018-01-01")]
     monkeypatch.setattr(records_cli, "load", lambda job, start, end: (both, True))
     url = "https://cml.example.com/alice/risk-analysis/jobs/208"
     result = CliRunner().invoke(

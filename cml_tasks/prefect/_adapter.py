@@ -16,8 +16,6 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.context import SettingsContext, get_settings_context
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, Settings
 
-from cml_tasks.record_layout import tagged
-
 
 def cancel_requested() -> bool:
     """True once Prefect's runner has told this process it is cancelling the flow run.
@@ -50,14 +48,13 @@ def without_client_retries() -> AbstractContextManager[Any]:
 
 
 def filter_variables(
-    client: SyncPrefectClient, *, tag: str, offset: int, limit: int
+    client: SyncPrefectClient, body: dict[str, Any], *, offset: int, limit: int
 ) -> list[dict[str, Any]]:
-    """One page of the variables carrying `tag`, as the API returns them (the client's own
-    `read_variables` takes no filter; its `request` helper and the route are not documented)."""
+    """One page of the variables `body` filters (`record_layout.tagged`, `named_like`), as
+    the API returns them (the client's own `read_variables` takes no filter; its `request`
+    helper and the route are not documented)."""
     response = client.request(
-        "POST",
-        "/variables/filter",
-        json=tagged(tag) | {"offset": offset, "limit": limit},
+        "POST", "/variables/filter", json=body | {"offset": offset, "limit": limit}
     )
     page: list[dict[str, Any]] = response.json()
     return page

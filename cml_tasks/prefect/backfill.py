@@ -35,7 +35,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from cml_tasks.backfill import (
-    KEY_PREFIX,
     MAX_CONCURRENCY,
     Action,
     BackfillPlan,
@@ -47,7 +46,6 @@ from cml_tasks.backfill import (
     WindowStatus,
     check_run_options,
     decide,
-    job_tag,
     plan_backfill,
     settled_skip,
 )
@@ -77,6 +75,7 @@ from cml_tasks.prefect.project_limit import (
 from cml_tasks.prefect.records import NOT_SHARED, window_records
 from cml_tasks.prefect.tasks import resolve_settings
 from cml_tasks.prefect.window_task import start_window
+from cml_tasks.record_layout import find
 from cml_tasks.run_errors import CMLRunError, CMLWaitTimeout
 from cml_tasks.window_options import WindowOptions
 
@@ -174,7 +173,7 @@ def _run_in_process(
     bound active CML runs, not just start calls. The job's records are read at once (one
     paged listing), so a window costs two calls of coordination: its claim and its outcome.
     """
-    known = {record.key: record for record in window_records().records(job_tag(plan.job))}
+    known = window_records().records(plan.job)
     by_future: dict[PrefectFuture[WindowOutcome], PlannedWindow] = {}
 
     def collect(future: PrefectFuture[WindowOutcome]) -> None:
@@ -192,7 +191,7 @@ def _run_in_process(
         on_done(failed_outcome(planned, plan.job, value))
 
     for planned in plan.windows:
-        record = known.get(planned.key)
+        record = find(known, planned.key)
         skipped = settled_skip(record, window_arguments["reprocess"], window_arguments["follow"])
         if skipped is not None:  # started already: no task run, no request, only its row
             on_done(WindowOutcome.skipped(plan.job, planned, skipped, record))
@@ -203,7 +202,7 @@ def _run_in_process(
             future = start_window.submit(
                 job=plan.job,
                 planned=quote(planned),  # no lineage: windows do not feed each other
-                record=quote(known.get(planned.key)),
+                record=quote(record),
                 record_is_current=True,
                 **window_arguments,
             )
@@ -238,7 +237,7 @@ def _dispatch(
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment).id
         for planned in plan.windows:
-            tag = f"cml-window:{planned.key.removeprefix(KEY_PREFIX)[:16]}"
+            tag = f"cml-window:{planned.key.removeprefix('cml-')}"
             previous = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])),
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),

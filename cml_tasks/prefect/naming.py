@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from cml_tasks.backfill import job_tag
 from cml_tasks.errors import CMLError, CMLHTTPError, CMLInputError, CMLOutcomeUnknown
 from cml_tasks.job import JobRef
 from cml_tasks.run_errors import CMLRunError, CMLWaitTimeout
@@ -41,8 +42,8 @@ def artifact_key(kind: str, job: JobRef) -> str:
 
 def job_tags(job: JobRef) -> list[str]:
     """`cml`, `cml-project:risk-analysis`, `cml-job:risk-analysis/208`: filters for the UI's
-    lists of flow and task runs."""
-    return ["cml", f"cml-project:{job.project}", f"cml-job:{job.project}/{job.job_id}"]
+    lists of flow and task runs (the job's tag is its window records' too)."""
+    return ["cml", f"cml-project:{job.project}", job_tag(job)]
 
 
 def short_reason(error: BaseException) -> str:

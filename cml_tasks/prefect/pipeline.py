@@ -44,7 +44,7 @@ from cml_tasks.pipeline import (
     PipelineReport,
     PipelineRow,
     PipelineWindow,
-    RecordsByTag,
+    RecordsByJob,
     StepCell,
     StepResult,
     plan_pipeline,
@@ -237,12 +237,12 @@ def _limits(plan: PipelinePlan, project_limit: int) -> dict[str, str | None]:
 
 
 def read_records(plan: PipelinePlan) -> dict[str, dict[str, WindowRecord]]:
-    """Every record of the pipeline's jobs, by job tag and key (one listing per job)."""
+    """Every record of the pipeline's jobs, by job page URL and key (one listing per job)."""
     store = window_records()
-    return {tag: {r.key: r for r in store.records(tag)} for tag in plan.job_tags}
+    return {job.page_url: store.records(job) for job in plan.jobs}
 
 
-def _wants_rerun(window: PipelineWindow, records: RecordsByTag) -> bool:
+def _wants_rerun(window: PipelineWindow, records: RecordsByJob) -> bool:
     """`reprocess=failed`: a window with a failed (or unknown) step."""
     return any(
         record is not None and record.status in FAILED_STATUSES

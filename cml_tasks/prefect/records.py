@@ -1,4 +1,4 @@
-"""Window records on the Prefect server: per (job, window), a claim and its outcomes.
+"""Window records on the Prefect server: per (job, window), one variable with its state.
 
 Every process that talks to the same Prefect API - a laptop's backfill, a worker's scheduled
 run, a flow run retried in a fresh container - reads and claims the same records, with
@@ -7,18 +7,17 @@ truth. A variable's name is unique in that database, so creating it is the claim
 that has no record: of two processes, exactly one succeeds. Taking over a window that has a
 record (a failed start, an unknown outcome, a deliberate re-run) creates a claim variable
 `cml-claim-<window>-a<N>` for the record's next attempt number first, so two takers never
-both win either. A claim carries a lease (45 s, `CML_CLAIM_LEASE_SECONDS`), renewed every
-third of it while held: if its holder dies, the window is free for others once it ends.
+both win either; it is deleted when the take-over ends. A claim carries a lease (45 s,
+`CML_CLAIM_LEASE_SECONDS`), renewed every third of it while held: if its holder dies, the
+window is free for others once it ends.
 
-A claim's outcome (started, start failed, unknown, a followed run's end) is not written over
-the record but created beside it, once, as `<record>-outcome-a<N>` for attempt N: on SQLite,
-Prefect's variable update reads before it writes, and a write committed in between makes it
-fail at once ("database is locked", resent by the client after 2, 4, 8... s), while a creation
-waits its turn. A window's record is the newer of the two; attempt N's outcome wins over the
-record of the same attempt.
+A claim's outcome (started, start failed, unknown, a followed run's end) is written over the
+record, so a settled window is one variable. On SQLite, Prefect's variable update reads before
+it writes, and a write committed in between makes it fail at once ("database is locked",
+503): such a write is sent again here at once and again, never once the lease may have ended.
 
-The records are visible on the Prefect UI's Variables page, tagged `cml` and
-`cml-job-<id>`; `cml-jobs records` lists and forgets them.
+The records are visible on the Prefect UI's Variables page (`record_layout`), tagged `cml`
+and `cml-job:<project>/<job id>`; `cml-jobs records` lists and forgets them.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+import time
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,12 +37,20 @@ from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from cml_tasks._shared import shared
-from cml_tasks.backfill import WindowRecord, job_tag
+from cml_tasks.backfill import LEGACY_KEY_PREFIX, WindowRecord, job_tag, legacy_key_of
 from cml_tasks.errors import CMLConfigError, CMLOutcomeUnknown, CMLRecordError
 from cml_tasks.job import JobRef
-from cml_tasks.prefect._adapter import filter_variables
+from cml_tasks.prefect._adapter import filter_variables, without_client_retries
 from cml_tasks.prefect.api import api_is_shared, prefect_api
-from cml_tasks.record_layout import claim_name, listed_records, outcome_name
+from cml_tasks.record_layout import (
+    PAGE_SIZE,
+    claim_name,
+    is_legacy,
+    legacy_record,
+    listed_records,
+    named_like,
+    tagged,
+)
 from cml_tasks.window_start import new_holder
 
 NOT_SHARED = (
@@ -58,6 +65,10 @@ DEFAULT_LEASE_SECONDS = 45.0
 """How long a claim lasts unless renewed: a dead holder's window is free after this."""
 LEASE_RANGE = (3.0, 3600.0)
 """The lease a setting may choose, in seconds."""
+_RESEND_PAUSES = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, *(1.6,) * 40)
+"""Pauses before a busy or lost record write is sent again (bounded by the claim's lease)."""
+_BUSY = {429, 503}
+"""Answers that say "not now": SQLite's "database is locked" is a 503."""
 MAX_ERROR_CHARS = 1000
 """A record's error is cut to this length (a variable holds at most 5,000 characters)."""
 
@@ -83,8 +94,7 @@ def lease_seconds() -> float:
 
 
 class ServerRecords:
-    """`WindowRecords` as Prefect Variables on the Prefect server (per window, a claim and
-    its outcomes)."""
+    """`WindowRecords` as Prefect Variables on the Prefect server (per window, one record)."""
 
     def __init__(self, client: SyncPrefectClient, holder: str, *, shared_api: bool) -> None:
         self.client = client
@@ -92,15 +102,14 @@ class ServerRecords:
         self.shared_api = shared_api
         """False when the API is an ephemeral one of this process's machine (no
         `PREFECT_API_URL`): other machines cannot see these records."""
+        self._any_legacy: bool | None = None
 
     def read(self, key: str) -> WindowRecord | None:
-        """The record, or its current attempt's outcome once there is one (two reads)."""
+        """The window's record (one read), else its record from before, if any."""
         variable = self.client.read_variable_by_name(key)
-        if variable is None:
-            return None
-        record = WindowRecord.model_validate(variable.value)
-        outcome = self.client.read_variable_by_name(outcome_name(key, record.attempt))
-        return record if outcome is None else WindowRecord.model_validate(outcome.value)
+        if variable is not None:
+            return WindowRecord.model_validate(variable.value)
+        return self._legacy(key)
 
     def claim(self, key: str, seen: WindowRecord | None, record: WindowRecord) -> _Claim | None:
         if seen is None:
@@ -112,29 +121,52 @@ class ServerRecords:
             except ObjectAlreadyExists:
                 if not self._wrote(key, stamped):
                     return None
-            return _Claim(self, key, stamped, takeover=None)
+            return _Claim(self, key, stamped, takeover=None, legacy=None)
         return self._take_over(key, seen, record)
 
-    def records(self, tag: str) -> list[WindowRecord]:
-        """Every record tagged `tag` (a job's: `job_tag`), each as `read` gives it, in no
-        particular order."""
-        listed = listed_records(
-            lambda offset, limit: filter_variables(self.client, tag=tag, offset=offset, limit=limit)
+    def records(self, job: JobRef) -> dict[str, WindowRecord]:
+        """Every record of `job`, each as `read` gives it, by key (`record_layout.find` looks
+        one up)."""
+        return listed_records(
+            job,
+            lambda tag, offset, limit: filter_variables(
+                self.client, tagged(tag), offset=offset, limit=limit
+            ),
         )
-        return list(listed.values())
 
     def forget(self, key: str) -> bool:
-        """Delete a window's record (it becomes "not started"); False if it had none.
-
-        Its outcomes go first: a forget cut short leaves the record alone, which tells an
-        older story (at worst a start whose outcome is unknown), never a newer one."""
-        variable = self.client.read_variable_by_name(key)
-        if variable is None:
+        """Delete a window's record (it becomes "not started"); False if it had none. A
+        record from before goes outcomes first: a forget cut short leaves it telling an older
+        story (at worst a start whose outcome is unknown), never a newer one."""
+        if not is_legacy(key):
+            if self.client.read_variable_by_name(key) is None:
+                return False
+            self._drop(key)
+            return True
+        names = self._legacy_names(key)
+        if not names:
             return False
-        for attempt in range(WindowRecord.model_validate(variable.value).attempt, -1, -1):
-            self._drop(outcome_name(key, attempt))
-        self._drop(key)
+        for name in sorted(names, key=lambda name: name == key):  # the record last
+            self._drop(name)
         return True
+
+    def _legacy(self, key: str) -> WindowRecord | None:
+        """The record from before of the window `key` names: none once the server has none
+        (asked once per process)."""
+        if self._any_legacy is None:
+            self._any_legacy = bool(self._listed(named_like(LEGACY_KEY_PREFIX), limit=1))
+        if not self._any_legacy:
+            return None
+        start = legacy_key_of(key)
+        return legacy_record(
+            v for v in self._listed(named_like(start)) if v["name"].startswith(start)
+        )
+
+    def _legacy_names(self, key: str) -> list[str]:
+        return [v["name"] for v in self._listed(named_like(key)) if v["name"].startswith(key)]
+
+    def _listed(self, body: dict[str, Any], limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
+        return filter_variables(self.client, body, offset=0, limit=limit)
 
     def _take_over(self, key: str, seen: WindowRecord, record: WindowRecord) -> _Claim | None:
         """Claim the record's next attempt, then check the record is still `seen`."""
@@ -165,12 +197,23 @@ class ServerRecords:
                 self._drop(name)
                 return None
             stamped = self._stamped(record, attempt)
+            legacy = current.key if current.key != key else None
             try:
-                self._put(key, stamped)
-            except CMLRecordError:
+                if legacy is None:
+                    self._put(key, stamped, stamped)
+                else:  # a record from before: the readable one takes its place
+                    self.client.create_variable(
+                        VariableCreate(name=key, value=_value(stamped), tags=_tags(record))
+                    )
+            except ObjectAlreadyExists:
+                self._drop(name)
+                return None
+            except (CMLRecordError, httpx.HTTPError) as error:
                 self._drop(name)  # no claim is left behind for a write that never landed
-                raise
-            return _Claim(self, key, stamped, takeover=name)
+                if isinstance(error, CMLRecordError):
+                    raise
+                raise CMLRecordError(f"could not write window record {key}: {error}") from error
+            return _Claim(self, key, stamped, takeover=name, legacy=legacy)
 
     def _wrote(self, key: str, stamped: WindowRecord) -> bool:
         """Whether a create that answered "exists" was our own: the client resends a create
@@ -192,29 +235,34 @@ class ServerRecords:
             }
         )
 
-    def _put(self, key: str, record: WindowRecord) -> None:
-        """Write the window's record; `CMLRecordError` once Prefect's client gave up (e.g.
-        SQLite answering "database is locked" to each of its retries)."""
-        with _writing(key):
-            self.client.update_variable(VariableUpdate(name=key, value=_value(record)))
-
-    def _settle(self, key: str, record: WindowRecord) -> None:
-        """Create the outcome of `record`'s attempt (`CMLRecordError` if the server will not,
-        or if another process wrote that attempt's outcome)."""
-        value = _value(record)
-        name = outcome_name(key, record.attempt)
-        with _writing(name):
+    def _put(self, key: str, record: WindowRecord, held: WindowRecord) -> None:
+        """Write the window's record while the claim `held` lasts: an answer that says the
+        server is busy (SQLite's "database is locked"), or a lost one, is sent again at once
+        and then after short pauses, until a ninth of the lease before its end; then, or on
+        any other refusal, `CMLRecordError`."""
+        assert held.lease_until is not None
+        stop = held.lease_until - timedelta(seconds=lease_seconds() / 9)
+        update = VariableUpdate(name=key, value=_value(record))
+        for pause in _RESEND_PAUSES:
             try:
-                self.client.create_variable(
-                    VariableCreate(name=name, value=value, tags=_tags(record))
-                )
-            except ObjectAlreadyExists:
-                existing = self.client.read_variable_by_name(name)
-                if existing is None or existing.value != value:  # not a resend of our own
+                with without_client_retries():
+                    self.client.update_variable(update)
+                return
+            except httpx.HTTPStatusError as error:
+                if error.response.status_code not in _BUSY:
                     raise CMLRecordError(
-                        f"window record {key}'s outcome of attempt {record.attempt} exists "
-                        "already, written by another process"
-                    ) from None
+                        f"could not write window record {key} on the Prefect server: {error}"
+                    ) from error
+                problem: Exception = error
+            except httpx.TransportError as error:
+                problem = error
+            if _now() + timedelta(seconds=pause) >= stop:
+                break
+            time.sleep(pause)
+        raise CMLRecordError(
+            f"could not write window record {key} on the Prefect server before its claim's "
+            f"lease ended: {problem}"
+        )
 
     def _drop(self, name: str) -> None:
         with suppress(ObjectNotFound):
@@ -225,9 +273,16 @@ class _Claim:
     """A held window: writes only while its lease runs; renews it in the background."""
 
     def __init__(
-        self, records: ServerRecords, key: str, record: WindowRecord, takeover: str | None
+        self,
+        records: ServerRecords,
+        key: str,
+        record: WindowRecord,
+        takeover: str | None,
+        legacy: str | None,
     ) -> None:
         self._records, self._key, self._record, self._takeover = records, key, record, takeover
+        self._legacy = legacy
+        """The key of the record from before that this one replaces (dropped once settled)."""
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._renewer = threading.Thread(target=self._renew, daemon=True)
@@ -245,8 +300,9 @@ class _Claim:
     def write(self, record: WindowRecord) -> None:
         with self._lock:
             self._check_lease()
-            self._record = self._records._stamped(record, self._record.attempt)
-            self._records._put(self._key, self._record)
+            stamped = self._records._stamped(record, self._record.attempt)
+            self._records._put(self._key, stamped, self._record)
+            self._record = stamped
 
     def release(self, record: WindowRecord) -> None:
         with self._lock:
@@ -254,8 +310,11 @@ class _Claim:
             settled = record.model_copy(
                 update={"attempt": self._record.attempt, "updated_at": _now()}
             )
-            self._records._settle(self._key, settled)
+            self._records._put(self._key, settled, self._record)
             self._done.set()
+        if self._legacy is not None:
+            with suppress(httpx.HTTPError):  # still read as before until it goes
+                self._records.forget(self._legacy)
 
     def _check_lease(self) -> None:
         """Never write once the lease may have ended: another process may own the window."""
@@ -272,19 +331,9 @@ class _Claim:
                 if self._done.is_set():
                     return
                 self._check_lease()
-                self._record = self._records._stamped(self._record, self._record.attempt)
-                self._records._put(self._key, self._record)
-
-
-@contextmanager
-def _writing(name: str) -> Iterator[None]:
-    """A write of variable `name`: `CMLRecordError` once Prefect's client gave up on it."""
-    try:
-        yield
-    except httpx.HTTPError as error:
-        raise CMLRecordError(
-            f"could not write window record {name} on the Prefect server: {error}"
-        ) from error
+                stamped = self._records._stamped(self._record, self._record.attempt)
+                self._records._put(self._key, stamped, self._record)
+                self._record = stamped
 
 
 def _tags(record: WindowRecord) -> list[str]:
