@@ -43,3 +43,10 @@ def columns(header: list[str], rows: list[list[str]]) -> str:
         for row in cells
     ]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def markdown_text(text: str) -> str:
+    """Text for a markdown table or list: no pipes, line breaks or emphasis (`80x3` stays)."""
+    for char in "\\|*_[]<>`":
+        text = text.replace(char, "\\" + char)
+    return text.replace("\n", " ")

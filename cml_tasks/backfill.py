@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cml_tasks._text import markdown_text
 from cml_tasks.errors import CMLInputError
 from cml_tasks.job import JobRef
 from cml_tasks.window_options import WindowOptions
@@ -463,3 +464,52 @@ class BackfillReport(BaseModel):
             f"{o.window}: {o.result.replace('_', ' ')}: {o.error or o.reason}"
             for o in self.failures
         )
+
+    def resume_hint(self) -> str | None:
+        """What to run next, if any window failed."""
+        if not self.failures:
+            return None
+        hint = (
+            "Resume: run the same backfill with --reprocess failed (the failed windows start "
+            "again; started ones never do)"
+        )
+        if any(o.result is WindowResult.OUTCOME_UNKNOWN for o in self.failures):
+            hint += (
+                ". An outcome unknown means a run may exist: with CML_API_V2_KEY set the "
+                "backfill asks CML before starting it again; without it, check the job's runs "
+                "in CML, then rerun with --reprocess all if none started"
+            )
+        return hint
+
+    def markdown(self, title: str, notes: list[str] | None = None) -> str:
+        """The report for the UI: `title` and the summary, the failed and unknown windows
+        (short reason, whole run id, link), what to run next, then every window in a compact
+        table; the job page once."""
+        lines = [f"### {markdown_text(title)}: {self.summary()}", ""]
+        lines += [f"Job page: [{markdown_text(self.job_url)}]({self.job_url})", ""]
+        lines += [f"**Note**: {markdown_text(note)}.\n" for note in notes or []]
+        if self.failures:
+            lines += ["**Failed or unknown**:", ""]
+            for o in self.failures:
+                why = markdown_text(o.reason or o.error or "")
+                lines.append(f"- {o.window}: {o.shown}: {why}{_run_link(o, ' (run ', ')')}")
+            lines += ["", markdown_text(self.resume_hint() or ""), ""]
+        followed = any(o.run_status for o in self.outcomes)
+        header = ["window", "result", *(["CML status"] if followed else []), "run or reason"]
+        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for o in self.outcomes:
+            detail = _run_link(o, "", "") or markdown_text(_cut(o.reason or "", 60))
+            status = [markdown_text(o.run_status or "")] if followed else []
+            lines.append("| " + " | ".join([o.window, o.shown, *status, detail]) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _run_link(outcome: WindowOutcome, before: str, after: str) -> str:
+    """`[run id](run page)` between `before` and `after`, or empty without a run."""
+    if not (outcome.engine_id and outcome.run_url):
+        return ""
+    return f"{before}[{markdown_text(outcome.engine_id)}]({outcome.run_url}){after}"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

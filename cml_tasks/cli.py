@@ -655,7 +655,7 @@ def backfill(
         raise typer.Exit(ExitCode.FAILURE)
     backfill_cli.print_report(report, as_json=as_json)
     if report.failures:
-        typer.echo(f"Failed windows:\n{report.failure_text()}", err=True)
+        typer.echo(f"Failed windows:\n{report.failure_text()}\n{report.resume_hint()}", err=True)
         unknown = backfill_cli.has_unknown(report)
         raise typer.Exit(ExitCode.OUTCOME_UNKNOWN if unknown else ExitCode.FAILURE)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cml_tasks._text import columns, printable
+from cml_tasks._text import columns, markdown_text, printable
 from cml_tasks.backfill import (
     Order,
     PlannedWindow,
@@ -532,8 +532,8 @@ class PipelineReport(BaseModel):
         lines = [f"### Pipeline {self.pipeline}: {self.summary()}", ""]
         failures = self.failure_lines()
         if failures:
-            lines += ["**Failed**:", ""] + [f"- {_md(line)}" for line in failures] + [""]
-            lines += [_md(self.resume_hint() or ""), ""]
+            lines += ["**Failed**:", ""] + [f"- {markdown_text(line)}" for line in failures] + [""]
+            lines += [markdown_text(self.resume_hint() or ""), ""]
         lines += ["| window | " + " | ".join(self.steps) + " |"]
         lines += ["|---" * (len(self.steps) + 1) + "|"]
         for row in self.rows:
@@ -583,18 +583,11 @@ def recorded_report(plan: PipelinePlan, records: RecordsByJob) -> PipelineReport
     return PipelineReport(pipeline=plan.pipeline.name, steps=names, rows=rows)
 
 
-def _md(text: str) -> str:
-    """Text for a markdown table or list: no pipes, line breaks or emphasis (`80x3` stays)."""
-    for char in "\\|*_[]<>`":
-        text = text.replace(char, "\\" + char)
-    return text.replace("\n", " ")
-
-
 def _md_cell(cell: StepCell) -> str:
     word = cell.result.value
     shown = f"[{word}]({cell.run_url})" if cell.run_url else word
     if cell.failed and cell.reason:
-        shown += f": {_md(cell.reason[:80])}"
+        shown += f": {markdown_text(cell.reason[:80])}"
     return shown
 
 

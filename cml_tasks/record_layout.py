@@ -15,6 +15,7 @@ as the same window, and replaced by the readable record when the window is next 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -55,8 +56,13 @@ def named_like(text: str) -> dict[str, Any]:
     return {"variables": {"name": {"like_": text}}}
 
 
+_LEGACY_NAME = re.compile(rf"{LEGACY_KEY_PREFIX}[0-9a-f]{{40}}({LEGACY_OUTCOME_INFIX}\d+)?")
+
+
 def is_legacy(name: str) -> bool:
-    return name.startswith(LEGACY_KEY_PREFIX)
+    """A variable of a record from before (not a readable key of a project named
+    `backfill`)."""
+    return _LEGACY_NAME.fullmatch(name) is not None
 
 
 def legacy_record(variables: Iterable[dict[str, Any]]) -> WindowRecord | None:

@@ -583,3 +583,20 @@ def test_windows_do_not_feed_each_other_in_the_task_graph(emu: Emulator) -> None
             time.sleep(0.2)
     assert len(runs) == 6
     assert all(not inputs for run in runs for inputs in run.task_inputs.values())
+
+
+def test_progress_tells_each_result_apart_with_rate_and_time_left() -> None:
+    from collections import Counter
+
+    from cml_tasks.prefect.backfill import progress_text
+
+    counts = Counter({"started": 5, "start failed": 1, "outcome unknown": 1})
+    assert progress_text(7, 12, counts, 120.0) == (
+        "7 of 12 windows: 5 started, 1 start failed, 1 outcome unknown; "
+        "3.5 windows/min, about 86 s left"
+    )
+    assert progress_text(12, 12, Counter({"started": 12}), 60.0) == (
+        "12 of 12 windows: 12 started; 12.0 windows/min"
+    )
+    assert progress_text(1, 5000, Counter({"started": 1}), 6.0).endswith("about 8.3 h left")
+    assert progress_text(0, 3, Counter(), 0.0) == "0 of 3 windows"

@@ -10,6 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import VariableCreate
 
 from cml_tasks.prefect import _adapter
+from cml_tasks.record_layout import named_like, tagged
 
 
 def test_cancel_intent_is_read_from_the_control_listener() -> None:
@@ -31,10 +32,12 @@ def test_variables_are_filtered_by_tag_and_paged() -> None:
         for i in range(5):
             client.create_variable(VariableCreate(name=f"{tag}-{i}", value={"i": i}, tags=[tag]))
         client.create_variable(VariableCreate(name=f"{tag}-other", value={"i": -1}))
-        first = _adapter.filter_variables(client, tag=tag, offset=0, limit=3)
-        rest = _adapter.filter_variables(client, tag=tag, offset=3, limit=3)
+        first = _adapter.filter_variables(client, tagged(tag), offset=0, limit=3)
+        rest = _adapter.filter_variables(client, tagged(tag), offset=3, limit=3)
+        named = _adapter.filter_variables(client, named_like(f"{tag}-o"), offset=0, limit=9)
     values = sorted(item["value"]["i"] for item in first + rest)
     assert (len(first), len(rest), values) == (3, 2, [0, 1, 2, 3, 4])
+    assert [item["name"] for item in named] == [f"{tag}-other"]
 
 
 @pytest.mark.usefixtures("prefect_api")

@@ -303,7 +303,10 @@ def test_artifact_table_links_open_the_emulators_run_and_job_pages(
 ) -> None:
     page.goto(f"{ui_root(prefect_ui_server)}/runs/flow-run/{backfill.flow_run_id}")
     open_tab(page, "Artifacts")
-    visible(page.get_by_text("4 of 4 windows: 3 started, 1 failed"), "progress artifact", shots)
+    progress = re.compile(r"^4 of 4 windows: 3 started, 1 start failed; [\d.]+ windows/min$")
+    visible(page.get_by_text(progress), "progress artifact", shots)
+    progress_key = "cml-backfill-progress-risk-analysis-208-2017-01-01-2017-04-30"
+    visible(page.get_by_text(progress_key), f"the progress artifact {progress_key}", shots)
     key = "cml-backfill-risk-analysis-208-2017-01-01-2017-04-30"
     card = page.locator("a[href^='/artifacts/artifact/']", has_text=key)
     visible(card, f"the report artifact {key}", shots)
@@ -326,12 +329,18 @@ def test_artifact_table_links_open_the_emulators_run_and_job_pages(
         engine_id = backfill.engine_ids[window]
         run_link = row.locator(f"a[href$='/jobs/208/runs/{engine_id}']")
         visible(run_link, f"{window}: a link to run {engine_id}", shots)
-        assert run_link.inner_text().startswith(f"run {engine_id[:4]}"), (
-            f"{window}: the run link reads {run_link.inner_text()!r}, not the engine id "
+        assert run_link.inner_text() == engine_id, (
+            f"{window}: the run link reads {run_link.inner_text()!r}, not the whole engine id "
             f"{engine_id} (screenshots in {shots})"
         )
         visible(row.get_by_text("started", exact=True), f"{window} result", shots)
-        visible(row.get_by_role("link", name="job page"), f"{window} job page link", shots)
+    # Failures first, with what to run next; the job page once, above the table.
+    visible(page.get_by_text(f"{FAILED}: start failed: {REASON}"), "the failure first", shots)
+    visible(
+        page.get_by_text("Resume: run the same backfill with --reprocess failed"), "resume", shots
+    )
+    job_links = page.locator("a[href$='/alice/risk-analysis/jobs/208']")
+    assert job_links.count() == 1, f"the job page is linked {job_links.count()} times"
     shot(page, shots, "artifact")
 
     # Follow one run link and one job-page link, as a user clicks them (they open a new tab).
@@ -342,7 +351,7 @@ def test_artifact_table_links_open_the_emulators_run_and_job_pages(
     shot(run_tab, shots, "emulator-run-page")
     run_tab.close()
 
-    job_tab = follow(page, table.locator("tr", has_text="2017-01").get_by_text("job page"), shots)
+    job_tab = follow(page, job_links, shots)
     visible(job_tab.locator("h1", has_text=JOB_NAME), "job page", shots)
     for window, engine_id in backfill.engine_ids.items():
         visible(

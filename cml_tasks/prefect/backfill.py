@@ -116,29 +116,6 @@ def _flow_run_name() -> str:
     return name + (" (dry run)" if p.get("dry_run") else "")
 
 
-def _markdown(report: BackfillReport) -> str:
-    """The report as a markdown table: a status in words, a short reason, short links."""
-    lines = [
-        "| window | result | CML status | run or reason | links |",
-        "|---|---|---|---|---|",
-    ]
-    for o in report.outcomes:
-        if o.engine_id and o.run_url:
-            run = f"[run {o.engine_id[:4]}…]({o.run_url})"
-        else:
-            run = _cell(o.reason or "")
-        if o.failed and o.reason and o.engine_id:
-            run += f" {_cell(o.reason)}"
-        result = o.result.replace("_", " ")
-        links = f"[job page]({o.job_url})"
-        lines.append(f"| {o.window} | {result} | {o.run_status or ''} | {run} | {links} |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def failed_outcome(planned: PlannedWindow, job: JobRef, error: BaseException) -> WindowOutcome:
     result = WindowResult.ERROR
     run = getattr(error, "run", None)
@@ -413,31 +390,60 @@ def _collect(
     total = len(plan.windows)
     progress: UUID = create_progress_artifact(  # type: ignore[assignment]
         progress=0.0,
-        key=artifact_key("backfill-progress", plan.job),
+        key=f"{artifact_key('backfill-progress', plan.job)}-{_span(plan)}",
         description=f"0 of {total} windows",
     )
     key_of = {p.label: p.key for p in plan.windows}
     outcomes: dict[str, WindowOutcome] = {}
     counts: Counter[str] = Counter()
-    shown = [time.monotonic()]
+    began = time.monotonic()
+    shown = [began]
 
     def on_done(outcome: WindowOutcome) -> None:
         outcomes[key_of[outcome.window]] = outcome
-        counts["failed" if outcome.failed else outcome.result.replace("_", " ")] += 1
+        counts[outcome.shown] += 1
         done = len(outcomes)
         if done == total or time.monotonic() >= shown[0] + PROGRESS_SECONDS:
             shown[0] = time.monotonic()
-            told = ", ".join(f"{n} {what}" for what, n in counts.most_common())
             update_progress_artifact(
                 artifact_id=progress,
                 progress=100.0 * done / total,
-                description=f"{done} of {total} windows: {told}",
+                description=progress_text(done, total, counts, shown[0] - began),
             )
         for observer in _observers:
             observer(outcome, done, total)
 
     run(on_done)
     return [outcomes[p.key] for p in plan.windows]
+
+
+def progress_text(done: int, total: int, counts: Counter[str], seconds: float) -> str:
+    """`7 of 12 windows: 5 started, 1 start failed, 1 outcome unknown; 3.5 windows/min, about
+    1 min left`: each result in words (failures apart from unknowns), the rate and what is
+    left at that rate."""
+    told = ", ".join(f"{n} {what}" for what, n in counts.most_common())
+    text = f"{done} of {total} windows" + (f": {told}" if told else "")
+    if seconds <= 0 or done == 0:
+        return text
+    rate = done / seconds * 60
+    text += f"; {rate:.1f} windows/min"
+    if done < total:
+        text += f", about {_duration((total - done) / rate * 60)} left"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _span(plan: BackfillPlan) -> str:
+    """`2017-01-01-2017-12-31`: the plan's first and last day, for artifact keys."""
+    first, last = plan.windows[0].window, plan.windows[-1].window
+    return f"{min(first.start, last.start)}-{max(first.last_day, last.last_day)}"
 
 
 def _report(
@@ -448,13 +454,9 @@ def _report(
     report = BackfillReport(
         job_url=plan.job.page_url, outcomes=outcomes, dry_run=dry_run, notes=notes
     )
-    first, last = plan.windows[0].window, plan.windows[-1].window
-    span = f"{min(first.start, last.start)}-{max(first.last_day, last.last_day)}"
     create_markdown_artifact(
-        key=f"{artifact_key('backfill', plan.job)}-{span}",
-        markdown=f"### Backfill of {plan.job.slug}: {report.summary()}\n\n"
-        + "".join(f"**Note**: {note}.\n\n" for note in notes)
-        + _markdown(report),
+        key=f"{artifact_key('backfill', plan.job)}-{_span(plan)}",
+        markdown=report.markdown(f"Backfill of {plan.job.slug}", notes),
         description=f"Backfill of {plan.job.slug}: {report.summary()}",
     )
     get_run_logger().info("%s", report.summary())

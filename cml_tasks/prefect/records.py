@@ -159,11 +159,14 @@ class ServerRecords:
             return None
         start = legacy_key_of(key)
         return legacy_record(
-            v for v in self._listed(named_like(start)) if v["name"].startswith(start)
+            v
+            for v in self._listed(named_like(start))
+            if v["name"].startswith(start) and is_legacy(v["name"])
         )
 
     def _legacy_names(self, key: str) -> list[str]:
-        return [v["name"] for v in self._listed(named_like(key)) if v["name"].startswith(key)]
+        found = self._listed(named_like(key))
+        return [v["name"] for v in found if v["name"].startswith(key) and is_legacy(v["name"])]
 
     def _listed(self, body: dict[str, Any], limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
         return filter_variables(self.client, body, offset=0, limit=limit)
