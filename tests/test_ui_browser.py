@@ -61,6 +61,7 @@ DOCS_SCREENSHOTS = {
     "flow-run": "ui-backfill-flow-run.png",
     "artifact": "ui-backfill-artifact.png",
     "saved-block": "ui-blocks.png",
+    "variables": "ui-variables.png",
 }
 WAIT_MS = 20_000
 """How long an expectation waits for the UI (it renders after its API calls answer)."""
@@ -293,6 +294,34 @@ def test_flow_run_shows_tags_window_task_runs_and_the_failure(
         shots,
     )
     shot(page, shots, "failed-task-run", full_page=True)
+
+
+def test_the_variables_page_holds_one_readable_record_per_window(
+    backfill: Backfill, prefect_ui_server: PrefectServer, page: Page, shots: Path
+) -> None:
+    """Four months, one failed: four `cml` variables, each found by typing its month, its
+    state in its value, its end the month's last day."""
+    import httpx
+
+    listed = httpx.post(
+        f"{prefect_ui_server.api_url}/variables/filter",
+        json={"variables": {"tags": {"all_": ["cml"]}}},
+        timeout=30,
+    ).json()
+    assert sorted(v["name"][:43] for v in listed) == [
+        f"cml-risk-analysis-208-2017-0{m}-01-2017-0{m}-{last}"
+        for m, last in ((1, 31), (2, 28), (3, 31), (4, 30))
+    ]
+    page.goto(f"{ui_root(prefect_ui_server)}/variables")
+    page.get_by_placeholder(re.compile("Search", re.IGNORECASE)).fill("2017-03")
+    rows = page.locator("tr", has_text="cml-risk-analysis-208-2017-03-01-2017-03-31")
+    visible(rows, "the record of 2017-03", shots)
+    visible(rows.get_by_text("cml-job:risk-analysis/208"), "its readable tag", shots)
+    visible(page.get_by_text("1 Variable", exact=True), "one variable found", shots)
+    shot(page, shots, "variables")
+    rows.get_by_role("button", name="click to view").click()
+    visible(page.get_by_text(re.compile('"status":\\s*"started"')), "its state", shots)
+    visible(page.get_by_text(re.compile('"window_end":\\s*"2017-03-31"')), "its end", shots)
 
 
 # --- the report artifact and the emulator's pages it links to ---------------------------------
