@@ -45,6 +45,11 @@ def columns(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def shortened(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with an ellipsis when longer."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def markdown_text(text: str) -> str:
     """Text for a markdown table or list: no pipes, line breaks or emphasis (`80x3` stays)."""
     for char in "\\|*_[]<>`":

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cml_tasks._text import markdown_text
+from cml_tasks._text import markdown_text, shortened
 from cml_tasks.errors import CMLInputError
 from cml_tasks.job import JobRef
 from cml_tasks.window_options import WindowOptions
@@ -481,13 +481,13 @@ class BackfillReport(BaseModel):
             )
         return hint
 
-    def markdown(self, title: str, notes: list[str] | None = None) -> str:
+    def markdown(self, title: str) -> str:
         """The report for the UI: `title` and the summary, the failed and unknown windows
         (short reason, whole run id, link), what to run next, then every window in a compact
         table; the job page once."""
         lines = [f"### {markdown_text(title)}: {self.summary()}", ""]
         lines += [f"Job page: [{markdown_text(self.job_url)}]({self.job_url})", ""]
-        lines += [f"**Note**: {markdown_text(note)}.\n" for note in notes or []]
+        lines += [f"**Note**: {markdown_text(note)}.\n" for note in self.notes]
         if self.failures:
             lines += ["**Failed or unknown**:", ""]
             for o in self.failures:
@@ -498,7 +498,7 @@ class BackfillReport(BaseModel):
         header = ["window", "result", *(["CML status"] if followed else []), "run or reason"]
         lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         for o in self.outcomes:
-            detail = _run_link(o, "", "") or markdown_text(_cut(o.reason or "", 60))
+            detail = _run_link(o, "", "") or markdown_text(shortened(o.reason or "", 60))
             status = [markdown_text(o.run_status or "")] if followed else []
             lines.append("| " + " | ".join([o.window, o.shown, *status, detail]) + " |")
         return "\n".join(lines) + "\n"
@@ -509,7 +509,3 @@ def _run_link(outcome: WindowOutcome, before: str, after: str) -> str:
     if not (outcome.engine_id and outcome.run_url):
         return ""
     return f"{before}[{markdown_text(outcome.engine_id)}]({outcome.run_url}){after}"
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

@@ -185,9 +185,8 @@ class PrefectServer:
         try:
             with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
                 yield
-                flush_prefect_workers()
         finally:
-            flush_prefect_workers()
+            flush_prefect_workers()  # each worker keeps the API it started with
 
 
 def flush_prefect_workers() -> None:

@@ -25,6 +25,7 @@ def _outcome(month: int, result: WindowResult, **fields: str) -> WindowOutcome:
 def _report() -> BackfillReport:
     return BackfillReport(
         job_url=JOB,
+        notes=["a note"],
         outcomes=[
             _outcome(1, WindowResult.STARTED, engine_id="80x3abcd", run_url=f"{JOB}/runs/80x3abcd"),
             _outcome(2, WindowResult.START_FAILED, reason="HTTP 400: bad | environment"),
@@ -41,7 +42,7 @@ def _report() -> BackfillReport:
 
 
 def test_failures_come_first_with_what_to_run_next_then_a_compact_table() -> None:
-    text = _report().markdown("Backfill of risk-analysis/208", ["a note"])
+    text = _report().markdown("Backfill of risk-analysis/208")
     lines = text.splitlines()
     assert lines[0] == (
         "### Backfill of risk-analysis/208: 4 windows: 1 started, 1 start failed, "

@@ -456,7 +456,7 @@ def _report(
     )
     create_markdown_artifact(
         key=f"{artifact_key('backfill', plan.job)}-{_span(plan)}",
-        markdown=report.markdown(f"Backfill of {plan.job.slug}", notes),
+        markdown=report.markdown(f"Backfill of {plan.job.slug}"),
         description=f"Backfill of {plan.job.slug}: {report.summary()}",
     )
     get_run_logger().info("%s", report.summary())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from cml_tasks._text import shortened
 from cml_tasks.backfill import job_tag
 from cml_tasks.errors import CMLError, CMLHTTPError, CMLInputError, CMLOutcomeUnknown
 from cml_tasks.job import JobRef
@@ -15,6 +16,10 @@ OUTCOME_UNKNOWN_STATE = "Outcome unknown"
 """The name of a Failed state (a window's task run, a window run) when a run may exist: the
 UI's lists and filters tell it from a failure, and scale-out dispatch reads it (a state name
 is public; an error message is not an interface)."""
+
+
+REASON_CHARS = 120
+"""A short reason is cut to this length."""
 
 
 def job_slug(job: object) -> str:
@@ -56,14 +61,10 @@ def short_reason(error: BaseException) -> str:
         return f"still {error.run.status.words} at the maximum wait{stopped}"
     if isinstance(error, CMLHTTPError):
         said = f": {error.server_message}" if error.server_message else ""
-        return _cut(f"HTTP {error.status_code}{said}")
+        return shortened(f"HTTP {error.status_code}{said}", REASON_CHARS)
     text = str(error)
     if isinstance(error, CMLError) and error.job_url:
         text = text.replace(f" (job: {error.job_url})", "")
     text = re.sub(r"\s*\(?https?://\S+\)?", "", text.splitlines()[0] if text else "")
     prefix = "outcome unknown: " if isinstance(error, CMLOutcomeUnknown) else ""
-    return _cut(prefix + text.removeprefix(prefix))
-
-
-def _cut(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    return shortened(prefix + text.removeprefix(prefix), REASON_CHARS)

@@ -211,10 +211,11 @@ class ServerRecords:
             except ObjectAlreadyExists:
                 self._drop(name)
                 return None
-            except (CMLRecordError, httpx.HTTPError) as error:
+            except CMLRecordError:
                 self._drop(name)  # no claim is left behind for a write that never landed
-                if isinstance(error, CMLRecordError):
-                    raise
+                raise
+            except httpx.HTTPError as error:
+                self._drop(name)
                 raise CMLRecordError(f"could not write window record {key}: {error}") from error
             return _Claim(self, key, stamped, takeover=name, legacy=legacy)
 
