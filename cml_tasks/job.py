@@ -125,6 +125,11 @@ class JobRef(BaseModel):
         return f"{self._base()}/{self.path}"
 
     @property
+    def project_url(self) -> str:
+        """The job's project's Overview page in the CML web UI."""
+        return f"{self._base()}/{self.username}/{self.project}"
+
+    @property
     def start_url(self) -> str:
         """The v1 start call."""
         return f"{self._base()}/api/v1/projects/{self.path}/start"

@@ -57,6 +57,7 @@ tests, left out of `make check`."""
 
 SLOW_FILES_FIRST = (
     "test_many_machines.py",
+    "test_backfill_at_scale.py",
     "test_pipeline_machines.py",
     "test_pipeline_cli.py",
     "test_soak.py",

@@ -53,6 +53,12 @@ def test_the_demo_ui_asks_its_own_api_and_sigterm_leaves_nothing_behind(tmp_path
         settings = httpx.get(f"{root}/ui-settings", timeout=10).json()
         assert settings["api_url"] == f"{root}/api"  # not http://127.0.0.1:4200/api
         assert httpx.get(f"{root}/api/health", timeout=10).status_code == 200
+        flow_runs = httpx.post(f"{root}/api/flow_runs/filter", json={}, timeout=30).json()
+        late = {r["name"]: r["estimated_start_time_delta"] for r in flow_runs}
+        assert any(name.endswith("2017-01") for name in late), late  # the window run
+        # The UI shows a delta over a minute as "late": a run scheduled in 2017 would show
+        # "9y 306d late". Under a day leaves room for a loaded machine.
+        assert all(delta < 86_400 for delta in late.values()), late
         started = _children(demo.pid)
         assert started, "the demo started no Prefect server"
         demo.send_signal(signal.SIGTERM)

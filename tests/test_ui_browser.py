@@ -5,8 +5,9 @@ Chromium (fixture `browser`) as a user would: the flow run's tags, its window-na
 the failed window's short reason, the report artifact whose links open the emulator's run and
 job pages, and the CML Credentials block in the Blocks catalogue: there after a first flow run
 on a fresh server (the flows register it), its keys password inputs in the create and edit
-forms of Prefect's default UI (`/v2`; the v1 UI has no masked input), and a deployment's run
-form with titled parameters, a cadence choice and the block's name in its picker.
+forms of Prefect's default UI (`/v2`; the v1 UI has no masked input), a deployment's run
+form with titled parameters, a cadence choice and the block's name in its picker, and the
+Event Feed's cards naming the CML run and the failed window's reason.
 
 Screenshots go to a temporary folder, printed at the start of the module (`pytest -s`) and
 named in every assertion message. `UPDATE_UI_SCREENSHOTS=1` also copies the ones the docs use
@@ -22,11 +23,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import pytest
 from conftest import PrefectServer, _delete_window_records, machine_env, ui_root
@@ -62,6 +65,7 @@ DOCS_SCREENSHOTS = {
     "artifact": "ui-backfill-artifact.png",
     "saved-block": "ui-blocks.png",
     "variables": "ui-variables.png",
+    "events": "ui-events.png",
 }
 WAIT_MS = 20_000
 """How long an expectation waits for the UI (it renders after its API calls answer)."""
@@ -584,3 +588,65 @@ def test_run_form_shows_parameter_titles_not_names(
         # The credentials switch names the block's schema title, `CMLCredentials`: Prefect's
         # server accepts a saved block's reference only through the definition of that title
         # (tests/test_blocks.py), so the class name stays.
+
+
+# --- the event feed ---------------------------------------------------------------------------
+
+
+def test_event_cards_name_the_run_and_the_failed_window_with_its_reason(
+    backfill: Backfill, prefect_ui_server: PrefectServer, page: Page, shots: Path
+) -> None:
+    """In the Event Feed of Prefect's default UI, a run's card names the run (job, window, run
+    id), not its resource id, and a failed window's card names its reason; each event's payload
+    holds the run's, job's and project's page URLs or the whole reason."""
+    import httpx
+
+    def events(name: str, count: int) -> list[dict[str, Any]]:
+        """The server's `name` events, once it has stored `count` (it stores them in batches)."""
+        body = {"filter": {"event": {"name": [name]}}, "limit": 50}
+        for _ in range(60):
+            answer = httpx.post(f"{prefect_ui_server.api_url}/events/filter", json=body, timeout=30)
+            answer.raise_for_status()
+            found: list[dict[str, Any]] = answer.json()["events"]
+            if len(found) >= count:
+                return found
+            time.sleep(0.5)
+        raise AssertionError(f"{len(found)} {name} events stored after 30 s, not {count}")
+
+    engine_id = backfill.engine_ids["2017-03"]
+    job_url = backfill.emulator.job_url("alice", "risk-analysis", "208")
+    started = {e["payload"]["window"]: e["payload"] for e in events("cml.run.started", 3)}
+    assert started["2017-03"] == {
+        "job": JOB,
+        "job_url": job_url,
+        "project_url": job_url.removesuffix("/jobs/208"),
+        "window": "2017-03",
+        "run_id": engine_id,
+        "run_url": f"{job_url}/runs/{engine_id}",
+        "start": "started",
+    }
+    [failed] = events("cml.window.start-failed", 1)
+    assert failed["payload"] == {
+        "job": JOB,
+        "job_url": job_url,
+        "project_url": job_url.removesuffix("/jobs/208"),
+        "window": FAILED,
+        "reason": REASON,
+    }
+
+    shown = json.dumps(["cml.run.started", "cml.window.start-failed"])
+    page.goto(f"{ui_root(prefect_ui_server)}/v2/events?events={quote(shown)}")
+    run_name = page.get_by_text(f"{JOB} 2017-03 run {engine_id}", exact=True)
+    for _ in range(3):  # the feed's first query may miss events stored just before
+        with suppress(AssertionError):
+            visible(run_name, "the run's card", shots)
+            break
+        page.reload()
+    visible(run_name, "the run's name on its cml.run.started card", shots)
+    assert page.get_by_text(f"cml.run.{engine_id}").count() == 0, (
+        f"a card shows the resource id cml.run.{engine_id} (screenshots in {shots})"
+    )
+    failed_name = page.get_by_text(f"{JOB} {FAILED}: {REASON}", exact=True)
+    visible(failed_name, "the failed window's reason on its card", shots)
+    failed_name.scroll_into_view_if_needed()
+    shot(page, shots, "events")

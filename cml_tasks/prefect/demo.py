@@ -22,10 +22,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
 import typer
 
@@ -76,24 +75,15 @@ def _backfill(url: str) -> None:
 
 
 def _scheduled_january(url: str) -> None:
-    """The flow run the `monthly` schedule makes on 1 February: January, already started."""
-    from prefect.client.orchestration import get_client
-    from prefect.flow_engine import run_flow
-    from prefect.states import Scheduled
-
-    from cml_tasks.models import StartedRun
+    """The monthly deployment's flow for January, as its schedule runs it on 1 February:
+    already started. The window is named (`window_start`) rather than the flow run scheduled
+    in 2017, which the UI would show as years late."""
     from cml_tasks.prefect.window_run import cml_window_run
+    from cml_tasks.window_options import WindowOptions
 
-    scheduled = datetime(2017, 2, 1, 2, tzinfo=ZoneInfo("Europe/Berlin"))
-    parameters = {"job": url, "options": {"timezone": "Europe/Berlin"}}
-    typer.echo(f"\nThe monthly schedule's run for {scheduled:%Y-%m-%d %H:%M %Z} (window: January):")
-    with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run(
-            cml_window_run, parameters=parameters, state=Scheduled(scheduled_time=scheduled)
-        )
-    run: StartedRun = run_flow(  # type: ignore[assignment]
-        cml_window_run, flow_run=flow_run, parameters=parameters
-    )
+    typer.echo("\nThe monthly deployment's run for January (its schedule's run of 1 February):")
+    options = WindowOptions(timezone="Europe/Berlin")
+    run = cml_window_run(job=url, window_start=date(2017, 1, 1), options=options)
     typer.echo(f"  nothing started: January already has run {run.engine_id} (from the backfill)")
 
 

@@ -8,7 +8,14 @@ tells them apart), `cml.run.stopped`, `cml.run.skipped`. The resource is the run
 
 Windows whose start did not give a run: `cml.window.start-failed` (nothing started) and
 `cml.window.outcome-unknown` (a run may exist), with the window as resource
-(`cml.window.<user>/<project>/<job id>/<label>`) and the reason as a label.
+(`cml.window.<user>/<project>/<job id>/<label>`, named `risk-analysis/208 2017-02: <reason>`)
+and the reason as a label.
+
+Each event's payload says it in full, as Prefect's own state events carry their state: the
+window, the run's id, status and page URL, the job's and project's page URLs, how it started
+(`started` or `adopted`) or the whole reason. Prefect's UI shows a card's resource by its name
+(the default UI; the v1 UI shows its id) and links only Prefect's own resources (flow and task
+runs), so the URLs are in the payload, one click away under "Raw".
 
 A pipeline's step puts its name first in the resource's name (`train: risk-analysis/212
 2017-03 run <id>`) and in the label `cml.step`.
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cml_tasks._text import shortened
 from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun
 from cml_tasks.run_status import RunStatus
@@ -69,7 +77,13 @@ def emit_run_event(run: JobRun, window: str | None = None, step: str | None = No
     }
     if window:
         resource["cml.window"] = window
-    _emit(event_name(run), resource, run.job, {"environment": run.environment}, step)
+    payload = _about(run.job, window) | {
+        "run_id": run.id,
+        "status": run.status.short,
+        "run_url": run.page_url,
+        "environment": run.environment,
+    }
+    _emit(event_name(run), resource, run.job, payload, step)
 
 
 def emit_started(
@@ -84,7 +98,8 @@ def emit_started(
         "cml.window": window,
         "cml.start": how,
     }
-    _emit("cml.run.started", resource, job, {}, step)
+    payload = _about(job, window) | {"run_id": run_id, "run_url": run_url, "start": how}
+    _emit("cml.run.started", resource, job, payload, step)
 
 
 def emit_window_failed(
@@ -93,12 +108,29 @@ def emit_window_failed(
     """`cml.window.start-failed` or `cml.window.outcome-unknown` for a window without a run."""
     resource = {
         "prefect.resource.id": f"cml.window.{job.username}/{job.project}/{job.job_id}/{window}",
-        "prefect.resource.name": f"{job.slug} {window}",
+        "prefect.resource.name": f"{job.slug} {window}: {shortened(reason, _NAMED_REASON)}",
         "cml.window": window,
         "cml.reason": reason,
     }
     name = "cml.window.outcome-unknown" if unknown else "cml.window.start-failed"
-    _emit(name, resource, job, {}, step)
+    _emit(name, resource, job, _about(job, window) | {"reason": reason}, step)
+
+
+_NAMED_REASON = 120
+"""The reason's length in a window event's name: the card shows it, the payload all of it."""
+
+
+def _about(job: JobRef, window: str | None) -> dict[str, Any]:
+    """What every event's payload says: the job, its project and (when there is one) the
+    window."""
+    about: dict[str, Any] = {
+        "job": job.slug,
+        "job_url": job.page_url,
+        "project_url": job.project_url,
+    }
+    if window:
+        about["window"] = window
+    return about
 
 
 def _emit(
