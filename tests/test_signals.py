@@ -89,3 +89,87 @@ def test_item_19_interrupted_v1_start_says_the_run_may_have_started(cml: Emulato
     assert "the request may have reached CML, so the run may have started" in err
     assert f"Check with `cml-jobs runs {job}` before starting it again" in err
     assert "Traceback" not in out + err
+
+
+def _temporary_server_env(home: Path, **extra: str) -> dict[str, str]:
+    """`_env()` with no Prefect API: `cml-jobs backfill` starts a temporary Prefect server,
+    its `PREFECT_HOME` `home`."""
+    env = {k: v for k, v in _env().items() if not k.startswith("PREFECT_")}
+    return env | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **extra,
+    }
+
+
+def _processes_of(home: Path) -> set[int]:
+    """Every process whose environment has `PREFECT_HOME=home` (what `cml-jobs` started)."""
+    marker = f"PREFECT_HOME={home}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.add(int(entry.name))
+            except OSError:  # gone, or not ours to read
+                continue
+    return found
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=str)
+def test_items_17_18_a_stopping_signal_during_backfill_stops_its_runs_and_leaves_nothing(
+    cml: Emulator, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM killed a real `backfill` and left its temporary Prefect server running (parent
+    PID 1) and holding stdout, so `| tee` never ended. Now SIGTERM and SIGHUP act as Ctrl-C:
+    the followed runs are stopped, the command exits 130, and nothing it started outlives it
+    (stdout closes)."""
+    home = tmp_path / "home"
+    job = cml.job_url("alice", "risk-analysis", "208")
+    args = [CML_JOBS, "backfill", job, "--from", "2017-01-01", "--to", "2017-02-28"]
+    process = subprocess.Popen(
+        [*args, "--follow", "--poll", "1s", "-e", "CASE=signal"],
+        env=_temporary_server_env(home),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _until(lambda: len(cml.runs()) == 2, seconds=180)
+        started = _processes_of(home)
+        assert len(started) >= 2, "no temporary Prefect server"  # the CLI and the server
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=120)  # ends once nothing holds stdout
+    finally:
+        process.kill()
+    assert process.returncode == 130, err[-3000:]
+    assert all(run["stop_requested"] for run in cml.runs()), cml.runs()
+    assert "Interrupted" in err and "Traceback" not in out + err, err[-3000:]
+    _until(lambda: not _processes_of(home) & started, seconds=30)
+
+
+def test_item_20_a_temporary_prefect_server_that_does_not_start_is_a_clear_error(
+    cml: Emulator, tmp_path: Path
+) -> None:
+    """Prefect's raw RuntimeError traceback, when the temporary server did not start in time,
+    is now one message naming PREFECT_API_URL and the startup timeout; nothing is sent to CML
+    and no process is left."""
+    home = tmp_path / "home"
+    job = cml.job_url("alice", "risk-analysis", "208")
+    done = subprocess.run(
+        [CML_JOBS, "backfill", job, "--from", "2017-01-01", "--to", "2017-02-28"],
+        env=_temporary_server_env(home, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
+    said = done.stderr
+    assert "The temporary Prefect server did not start within 1 s" in said, said[-3000:]
+    assert "PREFECT_API_URL" in said and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in said
+    assert not [r for r in cml.requests() if r["endpoint"].endswith("start")]
+    _until(lambda: not _processes_of(home), seconds=30)
