@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from cml_tasks._stopping import request_stop
 from cml_tasks._text import printable
 from cml_tasks.errors import (
     CMLAuthError,
@@ -124,11 +126,12 @@ def bad_input(message: str) -> NoReturn:
 INTERRUPTED = 130
 """The exit code of an interrupted command (128 + SIGINT), whichever signal interrupted it."""
 _STOPPING_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    request_stop()  # for the worker threads: the signal reaches only this one
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -136,7 +139,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def stopping_signals_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP (`kill`, a closed terminal, a cancelled CI job) raise
     KeyboardInterrupt as SIGINT does, so a followed run is stopped and a start in flight is
-    reported, instead of the process dying while its CML run goes on."""
+    reported, instead of the process dying while its CML run goes on; all three also tell
+    the worker threads (`request_stop`)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -146,6 +150,51 @@ def stopping_signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+FILE_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
+TEMPORARY_SERVER_STARTUP_SECONDS = 90
+"""How long a command waits for its temporary Prefect server unless
+`PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS` says (Prefect's 20 s is too short for a busy
+machine: a server takes about 15 s to start on an idle one)."""
+
+
+@contextmanager
+def running_a_flow() -> Iterator[None]:
+    """Around a flow run in this process: a stopping signal stops it (its followed runs are
+    stopped, exit 130), and a temporary Prefect server that did not start is one message
+    naming what to set, not Prefect's traceback."""
+    if "PREFECT_API_URL" not in os.environ:  # a temporary server, as set here unless set
+        os.environ.setdefault(
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+            str(TEMPORARY_SERVER_STARTUP_SECONDS),
+        )
+        # Its project slots' leases in files: each run starts the server anew, and with
+        # Prefect's default (memory) the slots of a killed run would stay taken for good.
+        os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", FILE_LEASES)
+    try:
+        with stopping_signals_interrupt():
+            yield
+    except KeyboardInterrupt:
+        typer.echo(
+            "\nInterrupted: followed runs were stopped; what started is recorded, and the same "
+            "command resumes.",
+            err=True,
+        )
+        raise typer.Exit(INTERRUPTED) from None
+    except RuntimeError as error:
+        from cml_tasks.prefect._adapter import temporary_server_failed
+
+        seconds = temporary_server_failed(error)
+        if seconds is None:
+            raise
+        typer.echo(
+            f"Error: The temporary Prefect server did not start within {seconds} s. Set "
+            "PREFECT_API_URL to a running Prefect server (`prefect server start`), or allow "
+            "a slow machine longer with PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.",
+            err=True,
+        )
+        raise typer.Exit(ExitCode.FAILURE) from None
 
 
 def interrupted_start(job: str) -> NoReturn:
@@ -647,7 +696,8 @@ def backfill(
     except ValueError as error:  # a duration
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
-    report, problem = backfill_cli.run(job, start, end, options, show_progress=not as_json)
+    with running_a_flow():
+        report, problem = backfill_cli.run(job, start, end, options, show_progress=not as_json)
     if isinstance(problem, CMLError) and backfill_cli.is_input_error(problem):
         fail(problem, as_json=as_json)
     if report is None:
@@ -717,7 +767,8 @@ def pipeline_backfill(
         plan = pipeline_cli.checked_plan(path, start, end, parameters, dry_run=False)
     except CMLError as error:
         fail(error, as_json=as_json)
-    found, problem = pipeline_cli.run(plan, start, end, parameters)
+    with running_a_flow():
+        found, problem = pipeline_cli.run(plan, start, end, parameters)
     if found is None:
         if isinstance(problem, CMLError) and not isinstance(problem, BackfillFailed):
             fail(problem, as_json=as_json)

@@ -125,25 +125,28 @@ def test_items_17_18_a_stopping_signal_during_backfill_stops_its_runs_and_leaves
     PID 1) and holding stdout, so `| tee` never ended. Now SIGTERM and SIGHUP act as Ctrl-C:
     the followed runs are stopped, the command exits 130, and nothing it started outlives it
     (stdout closes)."""
-    home = tmp_path / "home"
+    home, log = tmp_path / "home", tmp_path / "stderr"
     job = cml.job_url("alice", "risk-analysis", "208")
     args = [CML_JOBS, "backfill", job, "--from", "2017-01-01", "--to", "2017-02-28"]
-    process = subprocess.Popen(
-        [*args, "--follow", "--poll", "1s", "-e", "CASE=signal"],
-        env=_temporary_server_env(home),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [*args, "--follow", "--poll", "1s", "--set", "CASE=signal"],
+            env=_temporary_server_env(home),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,  # which the temporary server shares
+            stderr=stderr,
+            text=True,
+        )
     try:
-        _until(lambda: len(cml.runs()) == 2, seconds=180)
+        _until(lambda: len(cml.runs()) == 2 or process.poll() is not None, seconds=180)
+        assert process.poll() is None, log.read_text()[-3000:]
         started = _processes_of(home)
         assert len(started) >= 2, "no temporary Prefect server"  # the CLI and the server
         process.send_signal(sig)
-        out, err = process.communicate(timeout=120)  # ends once nothing holds stdout
+        out, _ = process.communicate(timeout=120)  # ends once nothing holds stdout
     finally:
         process.kill()
+    err = log.read_text()
     assert process.returncode == 130, err[-3000:]
     assert all(run["stop_requested"] for run in cml.runs()), cml.runs()
     assert "Interrupted" in err and "Traceback" not in out + err, err[-3000:]

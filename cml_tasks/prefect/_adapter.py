@@ -29,6 +29,18 @@ def cancel_requested() -> bool:
     return get_intent() == "cancel"
 
 
+def temporary_server_failed(error: BaseException) -> int | None:
+    """The startup timeout (seconds) when `error` is Prefect's failure to start its temporary
+    server (a `RuntimeError` it words this way), else None. Internal: the message of
+    `prefect.server.api.server.SubprocessASGIServer.start`."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    if not str(error).startswith("Timed out while attempting to connect to ephemeral Prefect"):
+        return None
+    seconds: int = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    return seconds
+
+
 _retryless: tuple[Settings, Settings] | None = None
 """The last settings given to `without_client_retries`, and their copy without retries."""
 

@@ -34,6 +34,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from cml_tasks._stopping import stopping_workers_if_interrupted
 from cml_tasks.backfill import (
     MAX_CONCURRENCY,
     Action,
@@ -167,25 +168,28 @@ def _run_in_process(
             value = RuntimeError(future.state.message or "the window's task did not complete")
         on_done(failed_outcome(planned, plan.job, value))
 
-    for planned in plan.windows:
-        record = find(known, planned.key)
-        skipped = settled_skip(record, window_arguments["reprocess"], window_arguments["follow"])
-        if skipped is not None:  # started already: no task run, no request, only its row
-            on_done(WindowOutcome.skipped(plan.job, planned, skipped, record))
-            continue
-        while len(by_future) >= max_concurrency:
-            collect(next(as_completed(list(by_future))))
-        with tags(*job_tags(plan.job)):
-            future = start_window.submit(
-                job=plan.job,
-                planned=quote(planned),  # no lineage: windows do not feed each other
-                record=quote(record),
-                record_is_current=True,
-                **window_arguments,
+    with stopping_workers_if_interrupted():
+        for planned in plan.windows:
+            record = find(known, planned.key)
+            skipped = settled_skip(
+                record, window_arguments["reprocess"], window_arguments["follow"]
             )
-        by_future[future] = planned
-    for future in as_completed(list(by_future)):
-        collect(future)
+            if skipped is not None:  # started already: no task run, no request, only its row
+                on_done(WindowOutcome.skipped(plan.job, planned, skipped, record))
+                continue
+            while len(by_future) >= max_concurrency:
+                collect(next(as_completed(list(by_future))))
+            with tags(*job_tags(plan.job)):
+                future = start_window.submit(
+                    job=plan.job,
+                    planned=quote(planned),  # no lineage: windows do not feed each other
+                    record=quote(record),
+                    record_is_current=True,
+                    **window_arguments,
+                )
+            by_future[future] = planned
+        for future in as_completed(list(by_future)):
+            collect(future)
 
 
 def _dispatch(

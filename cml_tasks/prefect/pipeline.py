@@ -28,6 +28,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from cml_tasks._stopping import stopping_workers_if_interrupted
 from cml_tasks.backfill import (
     MAX_CONCURRENCY,
     Reprocess,
@@ -217,15 +218,16 @@ def _run_windows(
         for run in active:
             by_future.update({future: (run, name) for name, future in run.running.items()})
 
-    admit()
-    while active or waiting:
-        if not by_future:  # every active window is done: admit more
-            admit()
-            continue
-        future = next(as_completed(list(by_future)))
-        run, name = by_future[future]
-        run.collect(name, future)
+    with stopping_workers_if_interrupted():
         admit()
+        while active or waiting:
+            if not by_future:  # every active window is done: admit more
+                admit()
+                continue
+            future = next(as_completed(list(by_future)))
+            run, name = by_future[future]
+            run.collect(name, future)
+            admit()
 
 
 def _limits(plan: PipelinePlan, project_limit: int) -> dict[str, str | None]:

@@ -24,7 +24,9 @@ import httpx
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from cml_tasks._stopping import stop_requested
 from cml_tasks.backfill import project_limit_name
+from cml_tasks.errors import CMLWaitCancelled
 from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import without_client_retries
 from cml_tasks.prefect.api import prefect_api
@@ -214,6 +216,8 @@ def _acquire(kept: _KeptSlots, log: Log, what: str) -> _Lease:
     while True:
         if (lease := kept.take()) is not None:
             return lease
+        if stop_requested():
+            raise CMLWaitCancelled(f"Stopped waiting for a slot of {name}: interrupted")
         try:
             with without_client_retries():
                 answer = client.increment_concurrency_slots_with_lease(

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Completed
 
 from cml_tasks._shared import shared
+from cml_tasks._stopping import stop_requested
 from cml_tasks.client import AsyncCMLClient, CMLClient
 from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun, StartedRun
@@ -162,8 +163,13 @@ def follow_to_end(
         max_wait=max_wait,
         stop_on_timeout=stop_on_timeout,
         on_change=_log_change,
-        should_cancel=cancel_requested,
+        should_cancel=_stopping,
     )
+
+
+def _stopping() -> bool:
+    """The flow run is being cancelled, or this process was told to stop (a signal)."""
+    return stop_requested() or cancel_requested()
 
 
 @task(name="run-cml-job", task_run_name=_run_run_name, cache_policy=NO_CACHE)  # type: ignore[arg-type]
@@ -188,6 +194,6 @@ async def arun_cml_job(
             max_wait=max_wait,
             stop_on_timeout=stop_on_timeout,
             on_change=_log_change,
-            should_cancel=cancel_requested,
+            should_cancel=_stopping,
         )
     return final_state(done)  # type: ignore[return-value]
