@@ -349,6 +349,9 @@ class WindowResult(StrEnum):
     START_FAILED = WindowStatus.START_FAILED.value
     OUTCOME_UNKNOWN = WindowStatus.OUTCOME_UNKNOWN.value
     RUN_FAILED = WindowStatus.RUN_FAILED.value
+    DUPLICATE = "duplicate"
+    """Started, and CML shows another run of the window created at the same moment by
+    someone else (a backfill on another Prefect server): see `duplicates`."""
     ERROR = "error"
     """Anything else went wrong (a bug, Prefect trouble): see the error."""
 
@@ -389,6 +392,8 @@ class WindowOutcome(BaseModel):
     adopted: bool = False
     """The run was not started now: CML had it already (a lost answer, a run without a
     record), and it was adopted."""
+    duplicates: list[str] = []
+    """A `duplicate`'s other runs: CML's ids of the window's runs someone else started."""
 
     @property
     def failed(self) -> bool:
@@ -401,6 +406,17 @@ class WindowOutcome(BaseModel):
         if self.adopted and self.result is WindowResult.STARTED:
             return "adopted"
         return self.result.replace("_", " ")
+
+    def duplicated(self, others: list[str]) -> WindowOutcome:
+        """This started window as a `duplicate` of the runs `others` (CML's ids)."""
+        reason = (
+            f"CML also has run {', '.join(others)} of this window, started at the same moment "
+            f"by someone else (a backfill on another Prefect server?) as this run "
+            f"{self.engine_id}: stop the one not wanted in CML"
+        )
+        return self.model_copy(
+            update={"result": WindowResult.DUPLICATE, "duplicates": others, "reason": reason}
+        )
 
     @classmethod
     def skipped(
@@ -467,19 +483,27 @@ class BackfillReport(BaseModel):
 
     def resume_hint(self) -> str | None:
         """What to run next, if any window failed."""
-        if not self.failures:
+        results = {o.result for o in self.failures}
+        if not results:
             return None
-        hint = (
-            "Resume: run the same backfill with --reprocess failed (the failed windows start "
-            "again; started ones never do)"
-        )
-        if any(o.result is WindowResult.OUTCOME_UNKNOWN for o in self.failures):
-            hint += (
-                ". An outcome unknown means a run may exist: with CML_API_V2_KEY set the "
+        hints = []
+        if results - {WindowResult.DUPLICATE}:
+            hints.append(
+                "Resume: run the same backfill with --reprocess failed (the failed windows "
+                "start again; started ones never do)"
+            )
+        if WindowResult.OUTCOME_UNKNOWN in results:
+            hints.append(
+                "An outcome unknown means a run may exist: with CML_API_V2_KEY set the "
                 "backfill asks CML before starting it again; without it, check the job's runs "
                 "in CML, then rerun with --reprocess all if none started"
             )
-        return hint
+        if WindowResult.DUPLICATE in results:
+            hints.append(
+                "A duplicate has two runs in CML (both ids are listed): stop the one not "
+                "wanted in CML; nothing needs to run again"
+            )
+        return ". ".join(hints)
 
     def markdown(self, title: str) -> str:
         """The report for the UI: `title` and the summary, the failed and unknown windows

@@ -92,7 +92,7 @@ def run(
 
     from cml_tasks.prefect.backfill import cml_backfill, observing
 
-    seen: list[WindowOutcome] = []
+    seen: dict[str, WindowOutcome] = {}  # by window: a duplicate is told again
     notes: list[str] = []
     progress = Progress(
         TextColumn("[bold]backfill"),
@@ -110,7 +110,7 @@ def run(
         progress.console.print(f"Note: {text}", markup=False, highlight=False, soft_wrap=True)
 
     def observe(outcome: WindowOutcome, done: int, total: int) -> None:
-        seen.append(outcome)
+        seen[outcome.window] = outcome
         progress.update(bar, completed=done, total=total, description=_line(outcome))
 
     with observing(observe, note), progress:
@@ -121,8 +121,10 @@ def run(
     error = value if isinstance(value, BaseException) else RuntimeError(str(state.message))
     if not seen:
         return None, error
-    seen.sort(key=lambda o: o.window_start, reverse=options.get("order") == "newest")
-    return BackfillReport(job_url=seen[0].job_url, outcomes=seen, notes=notes), error
+    outcomes = sorted(
+        seen.values(), key=lambda o: o.window_start, reverse=options.get("order") == "newest"
+    )
+    return BackfillReport(job_url=outcomes[0].job_url, outcomes=outcomes, notes=notes), error
 
 
 def _line(outcome: WindowOutcome) -> str:

@@ -84,6 +84,20 @@ async def async_find_started_run(
     return None
 
 
+def runs_since(
+    client: CMLClient, job: str | JobRef, since: datetime
+) -> dict[frozenset[tuple[str, str]], list[str]]:
+    """The ids of the job's runs created since `since` (less the clock skew), by environment:
+    one paged listing, newest first, that stops at the first older run."""
+    found: dict[frozenset[tuple[str, str]], list[str]] = {}
+    for run in client.list_runs(job, sort="-created_at", page_size=100):
+        created = _created_at(run)
+        if created is not None and created < since - CLOCK_SKEW:
+            break
+        found.setdefault(frozenset(run.environment.items()), []).append(run.id)
+    return found
+
+
 class RunIndex:
     """A job's runs by environment, listed once (one paged listing, newest first) when first
     asked: CML's own answer for windows that have no record."""

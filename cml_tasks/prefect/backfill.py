@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -74,10 +74,12 @@ from cml_tasks.prefect.project_limit import (
     resize_hint,
 )
 from cml_tasks.prefect.records import NOT_SHARED, window_records
-from cml_tasks.prefect.tasks import resolve_settings
+from cml_tasks.prefect.tasks import resolve_settings, shared_client
 from cml_tasks.prefect.window_task import start_window
+from cml_tasks.reconcile import runs_since
 from cml_tasks.record_layout import find
 from cml_tasks.run_errors import CMLRunError, CMLWaitTimeout
+from cml_tasks.settings import CMLSettings
 from cml_tasks.window_options import WindowOptions
 
 PROGRESS_SECONDS = 1.0
@@ -91,7 +93,8 @@ _note_readers: list[Callable[[str], None]] = []
 @contextmanager
 def observing(observer: Observer, noted: Callable[[str], None] | None = None) -> Iterator[None]:
     """Tell `observer` of every window that backfills in this process finish meanwhile (the
-    CLI's progress bar), and `noted` of each note they make (a capped limit, say) as made."""
+    CLI's progress bar), once more of a window found a duplicate after the last start, and
+    `noted` of each note they make (a capped limit, say) as made."""
     _observers.append(observer)
     if noted is not None:
         _note_readers.append(noted)
@@ -378,12 +381,56 @@ def cml_backfill(
             "poll_interval": poll_interval,
             "max_wait": max_wait,
         }
+        began = datetime.now(UTC)
         with keeping_slots(limit_name):
             outcomes = _collect(
                 plan,
                 lambda on_done: _run_in_process(plan, max_concurrency, window_arguments, on_done),
             )
+        if settings.api_v2_key is not None and mode is not Reprocess.ALL:
+            outcomes = _name_duplicates(plan.job, outcomes, settings, began, notes)
     return _report(plan, outcomes, dry_run=dry_run, notes=notes)
+
+
+_STARTED = {WindowResult.STARTED, WindowResult.SUCCEEDED, WindowResult.RUN_FAILED}
+
+
+def _name_duplicates(
+    job: JobRef,
+    outcomes: list[WindowOutcome],
+    settings: CMLSettings,
+    began: datetime,
+    notes: list[str],
+) -> list[WindowOutcome]:
+    """CML asked once more, after the last start: a window this backfill started of which
+    CML shows another run, created since the backfill began, was started by someone else at
+    the same moment too (a backfill on another Prefect server, whose records this one cannot
+    see): a `duplicate`, with both runs' ids. Of two backfills racing, the one whose start
+    came second always sees both (its listing follows its start); the first sees the other's
+    run if it was created before its own listing. Not with `--reprocess all`, which starts
+    second runs on purpose."""
+    if not any(o.result in _STARTED and o.engine_id for o in outcomes):
+        return outcomes
+    try:
+        runs = runs_since(shared_client(settings), job, began)
+    except CMLError as error:
+        _note(
+            notes, f"CML could not be asked for duplicate runs (another Prefect server's): {error}"
+        )
+        return outcomes
+    named = []
+    for outcome in outcomes:
+        others = [
+            run_id
+            for run_id in runs.get(frozenset(outcome.environment.items()), [])
+            if run_id != outcome.engine_id
+        ]
+        if outcome.result in _STARTED and outcome.engine_id and others:
+            outcome = outcome.duplicated(others)
+            for observer in _observers:
+                observer(outcome, len(outcomes), len(outcomes))
+        named.append(outcome)
+    return named
 
 
 def _collect(
