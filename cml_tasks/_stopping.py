@@ -28,7 +28,10 @@ def stop_requested() -> bool:
 def stopping_workers_if_interrupted() -> Iterator[None]:
     """Around a flow's wait for its windows: an interrupt there (KeyboardInterrupt, or the
     `TerminationSignal` Prefect raises for SIGTERM during a flow run) tells the workers to
-    stop; else the task runner's shutdown would wait for their followed runs to end."""
+    stop; else the task runner's shutdown would wait for their followed runs to end. A new
+    wait starts unstopped: a process that lives on (a notebook after Ctrl-C, a test session)
+    runs its next flow normally."""
+    _stopping.clear()
     try:
         yield
     except BaseException as interrupt:

@@ -176,3 +176,18 @@ def test_item_20_a_temporary_prefect_server_that_does_not_start_is_a_clear_error
     assert "PREFECT_API_URL" in said and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in said
     assert not [r for r in cml.requests() if r["endpoint"].endswith("start")]
     _until(lambda: not _processes_of(home), seconds=30)
+
+
+def test_an_interrupt_stops_the_workers_until_the_next_flow_waits() -> None:
+    """An interrupt in a flow's wait stops its workers; an error does not; and a process
+    that lives on (a notebook after Ctrl-C) runs its next flow's windows normally."""
+    from cml_tasks._stopping import stop_requested, stopping_workers_if_interrupted
+
+    with pytest.raises(ValueError), stopping_workers_if_interrupted():
+        raise ValueError("a window's error")
+    assert not stop_requested()
+    with pytest.raises(KeyboardInterrupt), stopping_workers_if_interrupted():
+        raise KeyboardInterrupt
+    assert stop_requested()
+    with stopping_workers_if_interrupted():
+        assert not stop_requested()
