@@ -3,7 +3,8 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-# Test processes: much of a test waits for servers, leases and CML runs, so three share two cores (10.5 min; two took 17.6 min).
+# Test processes: much of a test waits for servers, leases and CML runs, so three share two cores
+# (882 tests in 20.8 min on 2 cores; two processes took longer).
 WORKERS ?= 3
 
 .PHONY: demo ui test check lint
