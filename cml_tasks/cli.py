@@ -152,7 +152,6 @@ def stopping_signals_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-FILE_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 TEMPORARY_SERVER_STARTUP_SECONDS = 90
 """How long a command waits for its temporary Prefect server unless
 `PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS` says (Prefect's 20 s is too short for a busy
@@ -164,6 +163,8 @@ def running_a_flow() -> Iterator[None]:
     """Around a flow run in this process: a stopping signal stops it (its followed runs are
     stopped, exit 130), and a temporary Prefect server that did not start is one message
     naming what to set, not Prefect's traceback."""
+    from cml_tasks.prefect_rest import FILE_LEASE_STORAGE
+
     if "PREFECT_API_URL" not in os.environ:  # a temporary server, as set here unless set
         os.environ.setdefault(
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
@@ -171,7 +172,7 @@ def running_a_flow() -> Iterator[None]:
         )
         # Its project slots' leases in files: each run starts the server anew, and with
         # Prefect's default (memory) the slots of a killed run would stay taken for good.
-        os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", FILE_LEASES)
+        os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", FILE_LEASE_STORAGE)
     try:
         with stopping_signals_interrupt():
             yield

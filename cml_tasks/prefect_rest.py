@@ -23,6 +23,11 @@ from cml_tasks.backfill import WindowRecord
 from cml_tasks.job import JobRef
 from cml_tasks.record_layout import listed_records, listing_tags, tagged
 
+FILE_LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+"""`PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE` for a server this library starts: leases in
+files under its `PREFECT_HOME`, so a restarted server still knows who holds a project slot
+(Prefect's default keeps them in memory)."""
+
 _NOT_FOLLOWED = (
     "PREFECT_API_TLS_INSECURE_SKIP_VERIFY",
     "PREFECT_API_SSL_CERT_FILE",

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias, TypeVar
 
@@ -62,13 +62,19 @@ def find_started_run(
     client: CMLClient, job: str | JobRef, environment: Mapping[str, str], since: datetime
 ) -> JobRun | None:
     """The run created for `job` since `since` with exactly `environment`, if any."""
+    return next(
+        (run for run in _runs_since(client, job, since) if is_ours(run, environment, since)), None
+    )
+
+
+def _runs_since(client: CMLClient, job: str | JobRef, since: datetime) -> Iterator[JobRun]:
+    """The job's runs, newest first, until the first created before `since` (less the clock
+    skew): the listing's pages stop there."""
     for run in client.list_runs(job, sort="-created_at", page_size=100):
         created = _created_at(run)
         if created is not None and created < since - CLOCK_SKEW:
-            return None  # newest first: everything further is older
-        if is_ours(run, environment, since):
-            return run
-    return None
+            return  # newest first: everything further is older
+        yield run
 
 
 async def async_find_started_run(
@@ -90,10 +96,7 @@ def runs_since(
     """The ids of the job's runs created since `since` (less the clock skew), by environment:
     one paged listing, newest first, that stops at the first older run."""
     found: dict[frozenset[tuple[str, str]], list[str]] = {}
-    for run in client.list_runs(job, sort="-created_at", page_size=100):
-        created = _created_at(run)
-        if created is not None and created < since - CLOCK_SKEW:
-            break
+    for run in _runs_since(client, job, since):
         found.setdefault(frozenset(run.environment.items()), []).append(run.id)
     return found
 

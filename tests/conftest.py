@@ -493,6 +493,26 @@ def machine_env(server: PrefectServer, root: Path, name: str, **extra: str) -> d
     return env
 
 
+CML_JOBS = str(Path(sys.executable).with_name("cml-jobs"))
+"""The `cml-jobs` command of the interpreter running the tests."""
+
+
+def cml_jobs_on(
+    server: PrefectServer, root: Path, machine: str, *args: str, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`cml-jobs args` as a user runs it, on the "machine" `machine` (`machine_env`, with
+    `env` such as the CML keys) talking to `server`; its output captured."""
+    return subprocess.run(
+        [CML_JOBS, *args],
+        env=machine_env(server, root, machine, **env),
+        cwd=root / machine / "work",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @contextmanager
 def record_writes_refused() -> Iterator[None]:
     """Every update of a window record answered 500 by the Prefect API, as when a server

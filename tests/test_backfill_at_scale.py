@@ -4,19 +4,14 @@ on the session's PostgreSQL Prefect server (about two minutes)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
-from conftest import PrefectServer, machine_env
+from conftest import PrefectServer, cml_jobs_on
 
 from cml_tasks.emulator import DEFAULT_V1_KEY, Emulator, Fault
-
-CML_JOBS = str(Path(sys.executable).with_name("cml-jobs"))
-
 
 FIRST = date(2012, 1, 1)
 LAST = FIRST + timedelta(days=999)
@@ -40,15 +35,13 @@ def test_a_thousand_window_backfill_with_faults_reports_its_failures_first(
             emu.inject(fault)
         url = emu.job_url("alice", "risk-analysis", "208")
         args = ["--from", FIRST.isoformat(), "--to", LAST.isoformat(), "--every", "day"]
-        env = machine_env(prefect_server_pg, tmp_path, "laptop", CML_API_KEY=DEFAULT_V1_KEY)
-        done = subprocess.run(
-            [CML_JOBS, "backfill", url, *args, "--max-concurrency", "8", "--json"],
-            env=env,
-            cwd=tmp_path / "laptop" / "work",
-            capture_output=True,
-            text=True,
+        done = cml_jobs_on(
+            prefect_server_pg,
+            tmp_path,
+            "laptop",
+            *["backfill", url, *args, "--max-concurrency", "8", "--json"],
             timeout=600,
-            check=False,
+            CML_API_KEY=DEFAULT_V1_KEY,
         )
     assert done.returncode != 0, done.stderr[-3000:]
     outcomes = json.loads(done.stdout)["outcomes"]

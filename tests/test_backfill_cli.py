@@ -13,7 +13,7 @@ from subprocess import CompletedProcess
 
 import httpx
 import pytest
-from conftest import PrefectServer, machine_env
+from conftest import PrefectServer, cml_jobs_on
 from typer.testing import CliRunner
 
 from cml_tasks.cli import ExitCode, app
@@ -97,20 +97,10 @@ def test_outcome_unknown_exit_code_and_table(emu: Emulator) -> None:
     assert len(emu.runs()) == 2
 
 
-CML_JOBS = str(Path(sys.executable).with_name("cml-jobs"))
-
-
 def _backfill_on(server: PrefectServer, tmp_path: Path, url: str, *args: str) -> Completed:
     """`cml-jobs backfill` as a user runs it, on a machine of its own talking to `server`."""
-    env = machine_env(server, tmp_path, "laptop", CML_API_KEY=DEFAULT_V1_KEY)
-    return subprocess.run(
-        [CML_JOBS, "backfill", url, *args],
-        env=env,
-        cwd=tmp_path / "laptop" / "work",
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    return cml_jobs_on(
+        server, tmp_path, "laptop", "backfill", url, *args, CML_API_KEY=DEFAULT_V1_KEY
     )
 
 

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import PrefectServer, machine_env
+from conftest import PrefectServer, cml_jobs_on
 
 from cml_tasks.emulator import DEFAULT_V1_KEY, DEFAULT_V2_KEY, Emulator, Fault
 
-CML_JOBS = str(Path(sys.executable).with_name("cml-jobs"))
-BACKFILL = [CML_JOBS, "backfill", "--from", "2017-01-01", "--to", "2017-12-31"]
+BACKFILL = ["backfill", "--from", "2017-01-01", "--to", "2017-12-31"]
 
 
 def test_two_prefect_servers_at_once_name_every_duplicate_with_both_runs(
@@ -32,15 +30,8 @@ def test_two_prefect_servers_at_once_name_every_duplicate_with_both_runs(
         keys = {"CML_API_KEY": DEFAULT_V1_KEY, "CML_API_V2_KEY": DEFAULT_V2_KEY}
 
         def backfill(team: str, server: PrefectServer) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [*BACKFILL, job, "--max-concurrency", "2", "--json"],
-                env=machine_env(server, tmp_path, team, **keys),
-                cwd=tmp_path / team / "work",
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
+            args = [*BACKFILL, job, "--max-concurrency", "2", "--json"]
+            return cml_jobs_on(server, tmp_path, team, *args, **keys)
 
         with ThreadPoolExecutor(2) as pool:
             done = list(

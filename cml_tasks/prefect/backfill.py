@@ -395,6 +395,11 @@ def cml_backfill(
 _STARTED = {WindowResult.STARTED, WindowResult.SUCCEEDED, WindowResult.RUN_FAILED}
 
 
+def _started_here(outcome: WindowOutcome) -> bool:
+    """The window has a run this backfill started or adopted."""
+    return outcome.result in _STARTED and outcome.engine_id is not None
+
+
 def _name_duplicates(
     job: JobRef,
     outcomes: list[WindowOutcome],
@@ -409,7 +414,7 @@ def _name_duplicates(
     came second always sees both (its listing follows its start); the first sees the other's
     run if it was created before its own listing. Not with `--reprocess all`, which starts
     second runs on purpose."""
-    if not any(o.result in _STARTED and o.engine_id for o in outcomes):
+    if not any(_started_here(o) for o in outcomes):
         return outcomes
     try:
         runs = runs_since(shared_client(settings), job, began)
@@ -425,7 +430,7 @@ def _name_duplicates(
             for run_id in runs.get(frozenset(outcome.environment.items()), [])
             if run_id != outcome.engine_id
         ]
-        if outcome.result in _STARTED and outcome.engine_id and others:
+        if _started_here(outcome) and others:
             outcome = outcome.duplicated(others)
             for observer in _observers:
                 observer(outcome, len(outcomes), len(outcomes))

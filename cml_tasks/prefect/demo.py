@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from cml_tasks.prefect_rest import FILE_LEASE_STORAGE
+
 if TYPE_CHECKING:
     from cml_tasks.emulator import Emulator
 
@@ -38,9 +40,7 @@ SERVER_SETTINGS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
     # Concurrency leases on disk: a restarted server still knows who holds a project slot.
-    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
-        "prefect.server.concurrency.lease_storage.filesystem"
-    ),
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": FILE_LEASE_STORAGE,
 }
 """The demo's Prefect server settings, as the README recommends them for a real server."""
 
