@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,7 @@ SLOW_FILES_FIRST = (
     "test_records_cli.py",
     "test_backfill_cli.py",
     "test_window_flow.py",
+    "test_server_restart.py",
 )
 """The files that take longest, in that order: `make test`'s processes take whole files in
 the order collected, so these go first and the short ones fill in behind them."""
@@ -255,9 +256,7 @@ def running_prefect_server(
     `home/server.log`), analytics off, the UI off unless `ui` (then served at the server's
     root, talking to this server's API), `server_env` added to its environment (e.g. a
     database URL; it may override those defaults); yields once `/api/health` answers, stops
-    the server on exit."""
-    import httpx
-
+    the server on exit (`kill_prefect_server` and `restart_prefect_server` meanwhile)."""
     port = free_port()
     server = PrefectServer(api_url=f"http://127.0.0.1:{port}/api", home=home)
     defaults = {
@@ -270,26 +269,69 @@ def running_prefect_server(
         defaults |= {"PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": server.api_url}
     env = server.env(**(defaults | server_env))
     env.pop("PREFECT_API_URL")
-    log = home / "server.log"
     command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    process = spawn(command, env, log)
+    running = _ServerProcess(server, command, env, startup_timeout)
+    _RUNNING[server.api_url] = running
     try:
-        deadline = time.monotonic() + startup_timeout
+        running.start()
+        yield server
+    finally:
+        del _RUNNING[server.api_url]
+        stop_process(running.process)
+
+
+@dataclass
+class _ServerProcess:
+    """How a test server was started, so that it can be killed and started again."""
+
+    server: PrefectServer
+    command: list[str]
+    env: dict[str, str]
+    startup_timeout: float
+    process: subprocess.Popen[bytes] = field(init=False)
+
+    def start(self) -> None:
+        """Start the server (its log `home/server.log`, appended) and wait for `/api/health`."""
+        import httpx
+
+        log = self.server.home / "server.log"
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.startup_timeout
         while True:
-            if process.poll() is not None:
+            if self.process.poll() is not None:
                 pytest.fail(f"prefect server exited early:\n{log.read_text()[-3000:]}")
             with suppress(httpx.HTTPError):
-                if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"{self.server.api_url}/health", timeout=2).status_code == 200:
+                    return
             if time.monotonic() > deadline:
                 pytest.fail(
-                    f"prefect server not healthy after {startup_timeout:g} s:\n"
+                    f"prefect server not healthy after {self.startup_timeout:g} s:\n"
                     f"{log.read_text()[-3000:]}"
                 )
             time.sleep(0.3)
-        yield server
-    finally:
-        stop_process(process)
+
+
+_RUNNING: dict[str, _ServerProcess] = {}
+
+
+def kill_prefect_server(server: PrefectServer) -> None:
+    """SIGKILL a server of `running_prefect_server` (and its children): no clean shutdown."""
+    process = _RUNNING[server.api_url].process
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=15)
+
+
+def restart_prefect_server(server: PrefectServer) -> None:
+    """Start a killed server again: the same port, PREFECT_HOME and database."""
+    _RUNNING[server.api_url].start()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ Prefect upgrade moves or changes one, before a backfill in production does."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
@@ -64,3 +65,38 @@ def test_without_client_retries_sets_none_and_builds_its_settings_once() -> None
             assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
         assert third.settings is not first.settings
         assert PREFECT_CLIENT_MAX_RETRIES.value() == 9
+
+
+def test_an_unreachable_api_is_said_once_per_stretch_at_warning() -> None:
+    """Prefect's client logs each resend to an API that does not answer at DEBUG; the first
+    of a stretch comes out as one warning naming the error, and no other DEBUG line."""
+    import httpx
+    from conftest import free_port
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    _adapter.tell_when_api_unreachable()
+    _adapter.tell_when_api_unreachable()  # once is enough, however often it is called
+    logger = logging.getLogger("prefect.client")
+    assert sum(isinstance(f, _adapter._TellUnreachable) for f in logger.filters) == 1
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = said.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    url = f"http://127.0.0.1:{free_port()}/api"
+    try:
+        with (
+            temporary_settings({PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 1}),
+            get_client(sync_client=True) as client,
+        ):
+            client._client._has_connected = True  # as after a first answer: resends
+            with pytest.raises(httpx.ConnectError):
+                client.read_variable_by_name("anything")
+    finally:
+        logger.removeHandler(handler)
+    assert [(r.levelname, r.getMessage()) for r in said] == [
+        (
+            "WARNING",
+            "The Prefect API is unreachable (ConnectError): Prefect's client sends again for "
+            "about a minute (PREFECT_CLIENT_MAX_RETRIES=1)",
+        )
+    ]

@@ -8,6 +8,8 @@ breaks one module and one test file, not the behaviour of a backfill in producti
 from __future__ import annotations
 
 import logging
+import math
+import time
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -110,3 +112,47 @@ def drop_empty_tracebacks() -> None:
     logger = logging.getLogger("prefect.task_runs")
     if not any(isinstance(f, _NoEmptyTraceback) for f in logger.filters):
         logger.addFilter(_NoEmptyTraceback())
+
+
+UNREACHABLE_STRETCH_SECONDS = 60.0
+"""Resends less than this apart are one stretch of an unreachable API, said once."""
+
+
+class _TellUnreachable(logging.Filter):
+    """Raises the first of a stretch of Prefect's "Encountered retryable exception" resends
+    to a warning naming the error; lets through nothing else below `level`."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+        self._last = -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= self.level:
+            return True
+        if not str(record.msg).startswith("Encountered retryable exception"):
+            return False
+        now = time.monotonic()
+        fresh, self._last = now - self._last > UNREACHABLE_STRETCH_SECONDS, now
+        if not fresh:
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        record.msg = (
+            "The Prefect API is unreachable (%s): Prefect's client sends again for about a "
+            "minute (PREFECT_CLIENT_MAX_RETRIES=%d)"
+        )
+        record.args = (type(error).__name__, PREFECT_CLIENT_MAX_RETRIES.value())
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+        return True
+
+
+def tell_when_api_unreachable() -> None:
+    """Prefect's client resends a request the API did not answer (a server restarting) for
+    about a minute, saying so only at DEBUG: say it at WARNING, once per stretch. Internal:
+    the message of `prefect.client.base.PrefectHttpxAsyncClient._send_with_retry`."""
+    logger = logging.getLogger("prefect.client")
+    if any(isinstance(f, _TellUnreachable) for f in logger.filters):
+        return
+    logger.addFilter(_TellUnreachable(logger.getEffectiveLevel()))
+    logger.setLevel(min(logger.getEffectiveLevel(), logging.DEBUG))

@@ -4,8 +4,13 @@ run and, when following, until the run ends.
 
 Slots are taken and given back through the process's one Prefect client, with a lease that
 is renewed while held (a killed process's slot comes back when its lease ends, after
-`SLOT_LEASE_SECONDS`); a wait longer than a second is logged with how many slots are in use.
-A backfill keeps its slots from one window to the next (`keeping_slots`).
+`SLOT_LEASE_SECONDS`); a wait longer than a second is logged with how many slots are in use,
+and again every `RETELL_SECONDS`. A backfill keeps its slots from one window to the next
+(`keeping_slots`).
+
+A Prefect server that restarts with its leases in memory (Prefect 3.9's default) forgets
+them while its limit still counts their slots taken, for good. A holder notices when the
+server no longer knows a lease it renewed moments ago, and gives that slot back by name.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from uuid import UUID
 import httpx
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.logging import get_logger
 
 from cml_tasks._stopping import stop_requested
 from cml_tasks.backfill import project_limit_name
@@ -30,6 +36,7 @@ from cml_tasks.errors import CMLWaitCancelled
 from cml_tasks.job import JobRef
 from cml_tasks.prefect._adapter import without_client_retries
 from cml_tasks.prefect.api import prefect_api
+from cml_tasks.prefect_rest import FILE_LEASE_STORAGE
 from cml_tasks.reconcile import Log
 
 DEFAULT_PROJECT_LIMIT = 4
@@ -37,6 +44,9 @@ DEFAULT_PROJECT_LIMIT = 4
 SLOT_LEASE_SECONDS = 60.0
 """Prefect's minimum lease: a killed process's slots come back after a minute."""
 RENEW_SECONDS = 20.0
+FORGOTTEN_SECONDS = SLOT_LEASE_SECONDS - 10.0
+"""A lease renewed less than this ago that the server no longer has was forgotten (a
+restart), not run out: its slot is given back by name (10 s for clocks and slow answers)."""
 MAX_HOLD_SECONDS = 10.0
 """A slot kept between windows for longer than this goes back after its window."""
 WAIT_SECONDS = 0.25
@@ -46,11 +56,19 @@ BUSY_SECONDS = 1.0
 BUSY_STRETCH_SECONDS = 10.0
 """Busy answers less than this apart are one stretch of waiting, logged once."""
 MAX_BUSY_SECONDS = 300.0
-"""How long a window asks a busy server for a slot before it fails (nothing started)."""
+"""How long a window asks a busy or unreachable server for a slot before it fails (nothing
+started)."""
+RETELL_SECONDS = 60.0
+"""A window waiting for a slot says so again after this long."""
+STUCK_SECONDS = SLOT_LEASE_SECONDS + RENEW_SECONDS + 10.0
+"""After this long on a full limit, a wait names the way out of slots that nobody holds: by
+then every live holder has renewed, and given back what a restarted server forgot."""
 LOCKED = 423
 BUSY = 503
 LEASE_GONE = {404, 410}
 """The server's answers to renewing a lease it no longer has (410 in Prefect 3.9)."""
+
+logger = get_logger("cml_tasks.project_limit")
 
 
 def ensure_project_limit(job: JobRef, size: int = DEFAULT_PROJECT_LIMIT) -> str:
@@ -126,8 +144,10 @@ def keeping_slots(limit_name: str | None) -> Iterator[None]:
 class _Lease:
     id: UUID
     taken_at: float = field(default_factory=time.monotonic)
-    lost: bool = False
-    """The server no longer knows it (it ran out, e.g. while the process was paused)."""
+    renewed_at: float = field(default_factory=time.monotonic)
+    gone: bool = False
+    """No longer this process's: given back, or the server no longer knows it (it ran out,
+    e.g. while the process was paused, or the server restarted)."""
 
 
 class _KeptSlots:
@@ -158,12 +178,11 @@ class _KeptSlots:
             keep = not self._closed.is_set() and (
                 time.monotonic() - lease.taken_at < MAX_HOLD_SECONDS
             )
-            if keep and not lease.lost:
+            if keep and not lease.gone:
                 self._idle.append(lease)
                 return
             self._leases.discard(lease)
-        if not lease.lost:
-            prefect_api().release_concurrency_slots_with_lease(lease.id)
+        self._release(lease)
 
     def close(self) -> None:
         with self._lock:
@@ -172,30 +191,63 @@ class _KeptSlots:
             self._leases.difference_update(idle)
         self._renewer.join()
         for lease in idle:
-            prefect_api().release_concurrency_slots_with_lease(lease.id)
+            self._release(lease)
+
+    def _release(self, lease: _Lease) -> None:
+        """Give a lease's slot back. A server that forgot the lease ignores its give-back,
+        so the lease is renewed first: one it no longer has is `_forget`-ten instead."""
+        if not self._still_known(lease):
+            return
+        with self._lock:
+            if lease.gone:
+                return
+            lease.gone = True
+        prefect_api().release_concurrency_slots_with_lease(lease.id)
 
     def _renew(self) -> None:
         while not self._closed.wait(RENEW_SECONDS):
             with self._lock:
                 leases = list(self._leases)
             for lease in leases:
-                try:
-                    prefect_api().renew_concurrency_lease(
-                        lease.id, lease_duration=SLOT_LEASE_SECONDS
-                    )
-                except httpx.HTTPStatusError as error:  # else: transient, next round
-                    if error.response.status_code in LEASE_GONE:  # given back, or ran out
-                        self._forget(lease)
-                except httpx.TransportError:
-                    pass
+                self._still_known(lease)
+
+    def _still_known(self, lease: _Lease) -> bool:
+        """Renew the lease; False once the server no longer has it (then `_forget` it)."""
+        try:
+            prefect_api().renew_concurrency_lease(lease.id, lease_duration=SLOT_LEASE_SECONDS)
+        except httpx.HTTPStatusError as error:  # else: transient, the next renewal tells
+            if error.response.status_code in LEASE_GONE:  # given back, ran out, or forgotten
+                self._forget(lease)
+                return False
+        except httpx.TransportError:
+            pass
+        else:
+            lease.renewed_at = time.monotonic()
+        return True
 
     def _forget(self, lease: _Lease) -> None:
-        """A lease the server no longer has is never lent to another window."""
+        """A lease the server no longer has is never lent to another window. One it had
+        moments ago was forgotten by a restart: its slot, still counted, is given back by
+        name."""
         with self._lock:
-            lease.lost = True
+            if lease.gone:
+                return  # given back meanwhile
+            lease.gone = True
             self._leases.discard(lease)
             if lease in self._idle:
                 self._idle.remove(lease)
+        if time.monotonic() - lease.renewed_at >= FORGOTTEN_SECONDS:
+            return  # it ran out: the server took its slot back then
+        prefect_api().release_concurrency_slots(
+            names=[self.name], slots=1, occupancy_seconds=time.monotonic() - lease.taken_at
+        )
+        logger.warning(
+            "The Prefect server forgot a lease of %s (it restarted, keeping leases in "
+            "memory): gave its slot back. Keep leases in files across restarts: "
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=%s",
+            self.name,
+            FILE_LEASE_STORAGE,
+        )
 
 
 _keeping: ContextVar[_KeptSlots | None] = ContextVar("cml_kept_project_slots", default=None)
@@ -212,7 +264,7 @@ def _acquire(kept: _KeptSlots, log: Log, what: str) -> _Lease:
     client = prefect_api()
     name = kept.name
     began = time.monotonic()
-    told = False
+    tell_at = 1.0  # seconds of waiting on a full limit before (again) saying so
     while True:
         if (lease := kept.take()) is not None:
             return lease
@@ -225,23 +277,34 @@ def _acquire(kept: _KeptSlots, log: Log, what: str) -> _Lease:
                 )
         except (httpx.HTTPStatusError, httpx.TransportError) as error:
             response = error.response if isinstance(error, httpx.HTTPStatusError) else None
+            waited = time.monotonic() - began
             busy: str | None = None  # why the server could not answer; None: the limit is full
             if response is not None and response.status_code == LOCKED:
                 suggested = float(response.headers.get("Retry-After", WAIT_SECONDS))
                 pause = random.uniform(0.5, 1.0) * min(suggested, WAIT_SECONDS)
             elif response is None or response.status_code == BUSY:
-                if time.monotonic() - began > MAX_BUSY_SECONDS:
+                if waited > MAX_BUSY_SECONDS:
                     raise
-                busy = type(error).__name__ if response is None else f"HTTP {BUSY}"
+                busy = (
+                    f"the Prefect API is unreachable ({type(error).__name__})"
+                    if response is None
+                    else f"the Prefect server is busy (HTTP {BUSY})"
+                )
                 pause = random.uniform(0.5, 1.0) * BUSY_SECONDS
             else:
                 raise
             if busy is not None:
                 if _busy_stretch.begins():
-                    _tell_wait(log, what, name, busy)
-            elif not told and time.monotonic() - began + pause > 1.0:
-                _tell_wait(log, what, name, None)
-                told = True
+                    log.info(
+                        "%s waits for a slot of %s: %s; asking again for up to %d s",
+                        what,
+                        name,
+                        busy,
+                        MAX_BUSY_SECONDS,
+                    )
+            elif waited + pause > tell_at:
+                _tell_full(log, what, name, waited)
+                tell_at = waited + RETELL_SECONDS
             time.sleep(pause)
             continue
         return kept.add(UUID(answer.json()["lease_id"]))
@@ -267,17 +330,21 @@ class _BusyStretch:
 _busy_stretch = _BusyStretch()
 
 
-def _tell_wait(log: Log, what: str, name: str, busy: str | None) -> None:
-    """Say why a window waits for a slot: the server is `busy`, or the limit is full."""
-    if busy is not None:
-        log.info("%s waits for a slot of %s: the Prefect server is busy (%s)", what, name, busy)
-        return
+def _tell_full(log: Log, what: str, name: str, waited: float) -> None:
+    """Say that a window waits on a full limit: how many slots are in use and how to get
+    more; after `STUCK_SECONDS`, also how long and how to free slots that nobody holds."""
     limit = prefect_api().read_global_concurrency_limit_by_name(name)
-    log.info(
-        "%s waits for a slot of %s: %d of %d in use (%s)",
+    in_use = f"{limit.active_slots} of {limit.limit} in use ({resize_hint(name, limit.limit * 2)})"
+    if waited <= STUCK_SECONDS:
+        log.info("%s waits for a slot of %s: %s", what, name, in_use)
+        return
+    log.warning(
+        "%s has waited %d s for a slot of %s: %s. If no run holds them (a Prefect server "
+        "restarted with leases in memory while their holders were gone), free them: "
+        "prefect global-concurrency-limit update %s --active-slots 0",
         what,
+        waited,
         name,
-        limit.active_slots,
-        limit.limit,
-        resize_hint(name, limit.limit * 2),
+        in_use,
+        name,
     )

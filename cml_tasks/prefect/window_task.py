@@ -26,7 +26,7 @@ from cml_tasks.backfill import (
 from cml_tasks.errors import CMLError, CMLOutcomeUnknown, CMLWaitCancelled
 from cml_tasks.job import JobRef
 from cml_tasks.models import JobRun
-from cml_tasks.prefect._adapter import drop_empty_tracebacks
+from cml_tasks.prefect._adapter import drop_empty_tracebacks, tell_when_api_unreachable
 from cml_tasks.prefect.blocks import CMLCredentials
 from cml_tasks.prefect.events import emit_run_event, emit_started, emit_window_failed
 from cml_tasks.prefect.naming import OUTCOME_UNKNOWN_STATE, short_reason
@@ -41,6 +41,7 @@ from cml_tasks.waiting import raise_for_status
 from cml_tasks.window_start import WindowStart
 
 drop_empty_tracebacks()
+tell_when_api_unreachable()
 
 
 @shared
