@@ -55,37 +55,68 @@ SERVER_FIXTURES = frozenset(
 tests, left out of `make check`."""
 
 
-SLOW_FILES_FIRST = (
-    "test_many_machines.py",
-    "test_backfill_at_scale.py",
-    "test_pipeline_machines.py",
-    "test_pipeline_cli.py",
-    "test_soak.py",
+SLOWEST_FIRST = (
+    "test_pipeline_machines.py[sqlite]",
     "test_backfill.py",
+    "test_pipeline_machines.py[postgresql]",
+    "test_many_machines.py[sqlite]",
+    "test_backfill_at_scale.py",
     "test_ui_browser.py",
-    "test_pipeline_flows.py",
-    "test_secret_scan.py",
     "test_backfill_follow.py",
+    "test_many_machines.py[postgresql]",
+    "test_pipeline_flows.py",
+    "test_pipeline_cli.py[sqlite]",
     "test_cli.py",
-    "test_demo_ui.py",
-    "test_schedule_e2e.py",
-    "test_records_cli.py",
-    "test_backfill_cli.py",
     "test_window_flow.py",
-    "test_server_restart.py",
+    "test_signals.py",
+    "test_soak.py",
+    "test_secret_scan.py",
+    "test_backfill_cli.py",
+    "test_server_restart.py[sqlite]",
+    "test_server_restart.py[postgresql]",
+    "test_demo_ui.py",
+    "test_pipeline_cli.py[postgresql]",
+    "test_cancel_e2e.py",
+    "test_backfill_scale_out.py",
+    "test_records_cli.py",
+    "test_schedule_e2e.py",
 )
-"""The files that take longest, in that order: `make test`'s processes take whole files in
-the order collected, so these go first and the short ones fill in behind them."""
+"""`make test`'s groups that take longest (measured: `--durations=0`, summed), in that order.
+Its processes take whole groups, the longest first, and the short ones fill in behind."""
+
+SPLIT_BY_DATABASE = frozenset(
+    {
+        "test_pipeline_machines.py",
+        "test_many_machines.py",
+        "test_pipeline_cli.py",
+        "test_server_restart.py",
+    }
+)
+"""Files whose SQLite and PostgreSQL scenarios are two groups (each process already has
+both servers): a long file is not left to one process at the end."""
+
+
+def group_of(item: pytest.Item) -> str:
+    """The test's group: its file, or its file and database (`SPLIT_BY_DATABASE`). A group
+    runs in one process, so its module's fixtures are set up once."""
+    name = item.path.name
+    if name in SPLIT_BY_DATABASE:
+        for database in ("sqlite", "postgresql"):
+            if f"[{database}" in item.name or f"-{database}" in item.name:
+                return f"{name}[{database}]"
+    return name
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test that needs a server `server` (by its fixtures, or a `server` marker of
-    its own for a test that starts one itself); the slowest files first."""
+    its own for a test that starts one itself); put it in its `group_of` (xdist's
+    `--dist loadgroup`), the slowest groups first."""
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
-    rank = {name: position for position, name in enumerate(SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+        item.add_marker(pytest.mark.xdist_group(group_of(item)))
+    rank = {name: position for position, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(group_of(item), len(rank)))
 
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))

@@ -278,7 +278,7 @@ def test_run_forms_title_every_parameter_and_never_show_the_class_name() -> None
     what the `$ref` repeats): the v2 UI then shows the model's title, the v1 UI the name
     ("Options"); `options` has a title of its own, `pipeline` needs none. The block's own
     schema keeps the title `CMLCredentials`: the server accepts a reference to a saved block
-    only through the definition of that title."""
+    only through the definition of that title; the choice that refers to it has its own."""
     import json
 
     from prefect.utilities.callables import parameter_schema
@@ -301,6 +301,12 @@ def test_run_forms_title_every_parameter_and_never_show_the_class_name() -> None
             assert p["title"] != name, f"{flow.name}: {name} has no title"
             assert p.get("description"), f"{flow.name}: {name} has no description"
         assert [p["position"] for p in properties.values()] == list(range(len(properties)))
+        saved_block, none = properties["credentials"]["anyOf"]  # the v2 form's two choices
+        assert saved_block == {
+            "$ref": "#/definitions/CMLCredentials",
+            "title": "Saved CML Credentials block",
+        }
+        assert none == {"type": "null"}
         reference = {"$ref": {"block_document_id": "00000000-0000-0000-0000-000000000001"}}
         checked = validate(
             {"credentials": reference},

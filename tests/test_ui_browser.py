@@ -585,9 +585,10 @@ def test_run_form_shows_parameter_titles_not_names(
         shot(page, shots, f"run-form-{ui}", full_page=True)
         page.get_by_text(re.compile(r"^CML credentials")).first.scroll_into_view_if_needed()
         shot(page, shots, f"run-form-{ui}-credentials")
-        # The credentials switch names the block's schema title, `CMLCredentials`: Prefect's
-        # server accepts a saved block's reference only through the definition of that title
-        # (tests/test_blocks.py), so the class name stays.
+        if ui == "v2":  # its switch between a saved block and none names each choice
+            choice = page.get_by_text("Saved CML Credentials block", exact=True)
+            visible(choice, "the saved-block choice", shots)
+            assert page.get_by_text("CMLCredentials").count() == 0
 
 
 # --- the event feed ---------------------------------------------------------------------------

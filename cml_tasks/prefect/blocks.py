@@ -8,7 +8,9 @@ from typing import Annotated, Any
 from prefect.blocks.core import Block
 from prefect.logging import get_logger
 from prefect.settings import PREFECT_API_URL
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field, GetJsonSchemaHandler, SecretStr
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from cml_tasks._shared import shared
 from cml_tasks.settings import MAX_TIMEOUT, MIN_TIMEOUT, CMLSettings
@@ -154,9 +156,26 @@ def ui_title(title: str) -> Any:
     return Field(json_schema_extra={"title": title})
 
 
-CredentialsParameter = Annotated[CMLCredentials | None, ui_title("CML credentials")]
+class _ChoiceTitle:
+    """Titles a union member in the run form, beside its `$ref`: the v2 UI labels each choice
+    of an `anyOf` with its title, else with its model's, which for a block is the class name
+    (`CMLCredentials`, the key a saved block is referred by, so it stays)."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {**handler(schema), "title": self.title}
+
+
+CredentialsParameter = Annotated[
+    Annotated[CMLCredentials, _ChoiceTitle("Saved CML Credentials block")] | None,
+    ui_title("CML credentials"),
+]
 """The flows' `credentials` parameter: a saved block, titled in the run form (not
-`credentials`, and never the class name)."""
+`credentials`, and never the class name, neither as the parameter nor as its choice)."""
 
 
 @shared
