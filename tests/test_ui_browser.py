@@ -368,7 +368,13 @@ def test_artifact_table_links_open_the_emulators_run_and_job_pages(
         )
         visible(row.get_by_text("started", exact=True), f"{window} result", shots)
     # Failures first, with what to run next; the job page once, above the table.
-    visible(page.get_by_text(f"{FAILED}: start failed: {REASON}"), "the failure first", shots)
+    failure = page.get_by_text(f"{FAILED}: start failed: {REASON}")
+    visible(failure, "the failure first", shots)
+    failure_box = failure.bounding_box()
+    table_box = page.locator("table").first.bounding_box()
+    assert failure_box and table_box and failure_box["y"] < table_box["y"], (
+        f"the failure is not above the table (screenshots in {shots})"
+    )
     visible(
         page.get_by_text("Resume: run the same backfill with --reprocess failed"), "resume", shots
     )
