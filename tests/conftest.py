@@ -274,11 +274,12 @@ def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 
 QUIET_SERVICES = {
     f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false"
-    for name in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS", "DB_VACUUM")
+    for name in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS", "DB_VACUUM", "TRIGGERS")
 }
-"""Server services no test needs, off: each polls the database all the time, and a dozen test
-servers on two cores add up. Tests create the scheduled flow runs they want (a scheduler
-would also make runs for today from the deployments' cron schedules)."""
+"""Server services no test needs, off: each polls the database or reads every event, and a
+dozen test servers on two cores add up. Tests create the scheduled flow runs they want (a
+scheduler would also make runs for today from the deployments' cron schedules); the README's
+automation is created, but no test needs it to fire."""
 
 
 @contextmanager
@@ -292,10 +293,15 @@ def running_prefect_server(
     the server on exit (`kill_prefect_server` and `restart_prefect_server` meanwhile)."""
     port = free_port()
     server = PrefectServer(api_url=f"http://127.0.0.1:{port}/api", home=home)
+    from cml_tasks.prefect.demo import SERVER_SETTINGS
+
     defaults = {
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         **QUIET_SERVICES,
+        # task-run states in batches, as the README recommends and the demo does (leases stay
+        # in memory, Prefect's default: tests/test_server_restart.py needs them forgotten)
+        **{name: value for name, value in SERVER_SETTINGS.items() if "RECORDER" in name},
     }
     if ui:
         # The UI asks the API at PREFECT_UI_API_URL, by default port 4200 whatever --port says.
