@@ -293,15 +293,13 @@ def running_prefect_server(
     the server on exit (`kill_prefect_server` and `restart_prefect_server` meanwhile)."""
     port = free_port()
     server = PrefectServer(api_url=f"http://127.0.0.1:{port}/api", home=home)
-    from cml_tasks.prefect.demo import SERVER_SETTINGS
-
+    # Task-run states unbatched (Prefect's default, not the demo's batches): tests read a flow
+    # run's task runs as soon as it ends, and batches lag up to a second (a task run was seen
+    # still under its first name).
     defaults = {
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         **QUIET_SERVICES,
-        # task-run states in batches, as the README recommends and the demo does (leases stay
-        # in memory, Prefect's default: tests/test_server_restart.py needs them forgotten)
-        **{name: value for name, value in SERVER_SETTINGS.items() if "RECORDER" in name},
     }
     if ui:
         # The UI asks the API at PREFECT_UI_API_URL, by default port 4200 whatever --port says.
