@@ -52,7 +52,7 @@ def _wait_for_runs(cml: Emulator, count: int) -> None:
         time.sleep(0.1)
 
 
-def test_a_backfill_outlives_a_prefect_server_restart_and_a_rerun_completes_it(
+def test_item_1_a_backfill_outlives_a_prefect_server_restart_and_a_rerun_completes_it(
     server: PrefectServer, tmp_path: Path
 ) -> None:
     with Emulator() as cml:
