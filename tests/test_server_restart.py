@@ -7,6 +7,7 @@ window, each started once. The emulator's record of runs is the judge."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections import Counter
@@ -79,16 +80,24 @@ def test_item_1_a_backfill_outlives_a_prefect_server_restart_and_a_rerun_complet
                 first.communicate()
         # windows whose claim the kill cut short may be outcome unknown (exit 7); never hung
         assert first.returncode in (0, 7), f"exit {first.returncode}:\n{out}\n{err[-4000:]}"
-        assert f"The Prefect server forgot a lease of {LIMIT}" in err
+        # What it said about slots, leases and the API: the forgotten leases are given back
+        # by whichever of its windows or its renewer meets them first.
+        said = "\n".join(
+            line
+            for line in err.splitlines()
+            if re.search("slot|lease|unreachable|Backfill of", line)
+        )
         report = json.loads(out.strip().splitlines()[-1])
         assert len(report["outcomes"]) == 24
 
-        rerun = cml_jobs_on(server, tmp_path, "b", *args, **_bob())
-        assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-4000:]
+        # The restarted server counted four slots taken that nobody held: a rerun would wait
+        # for good, and the count would stay, unless the backfill gave them back.
+        rerun = cml_jobs_on(server, tmp_path, "b", *args, timeout=120, **_bob())
+        assert rerun.returncode == 0, f"{said}\n{rerun.stdout}{rerun.stderr[-4000:]}"
         starts = Counter(run["environment"]["START_DATE"] for run in cml.runs())
         assert starts == Counter(
             {f"{year}-{month:02d}-01": 1 for year in (2015, 2016) for month in range(1, 13)}
         )
 
     limit = httpx.get(f"{server.api_url}/v2/concurrency_limits/{LIMIT}", timeout=30).json()
-    assert limit["active_slots"] == 0, limit
+    assert limit["active_slots"] == 0, f"{limit}\n{said}"
