@@ -264,9 +264,12 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start a background process in its own session, its output going to `log`."""
-    with log.open("wb") as out:
+def spawn(
+    command: list[str], env: dict[str, str], log: Path, *, append: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start a background process in its own session, its output going to `log` (after what
+    it holds, with `append`)."""
+    with log.open("ab" if append else "wb") as out:
         return subprocess.Popen(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -332,14 +335,7 @@ class _ServerProcess:
         import httpx
 
         log = self.server.home / "server.log"
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                self.command,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn(self.command, self.env, log, append=True)
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.process.poll() is not None:

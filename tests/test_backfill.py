@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import record_writes_refused
 
+from cml_tasks._stretch import Stretch
 from cml_tasks.backfill import (
     Action,
     Reprocess,
@@ -314,7 +315,7 @@ def test_a_busy_server_is_asked_for_a_slot_again_without_failing_the_window(
     from cml_tasks.prefect import project_limit
 
     # A stretch of busy answers another test of this process met is not this test's.
-    monkeypatch.setattr(project_limit, "_busy_stretch", project_limit._BusyStretch())
+    monkeypatch.setattr(project_limit, "_busy_stretch", Stretch(project_limit.BUSY_STRETCH_SECONDS))
     _set_project_limit(3)
     answers = iter([httpx.Response(503, json={"exception_message": "Service Unavailable"})] * 15)
 

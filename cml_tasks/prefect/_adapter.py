@@ -8,8 +8,6 @@ breaks one module and one test file, not the behaviour of a backfill in producti
 from __future__ import annotations
 
 import logging
-import math
-import time
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -17,6 +15,8 @@ from prefect.blocks.core import Block
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.context import SettingsContext, get_settings_context
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, Settings
+
+from cml_tasks._stretch import Stretch
 
 
 def cancel_requested() -> bool:
@@ -125,16 +125,14 @@ class _TellUnreachable(logging.Filter):
     def __init__(self, level: int) -> None:
         super().__init__()
         self.level = level
-        self._last = -math.inf
+        self._stretch = Stretch(UNREACHABLE_STRETCH_SECONDS)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= self.level:
             return True
         if not str(record.msg).startswith("Encountered retryable exception"):
             return False
-        now = time.monotonic()
-        fresh, self._last = now - self._last > UNREACHABLE_STRETCH_SECONDS, now
-        if not fresh:
+        if not self._stretch.begins():
             return False
         error = record.exc_info[1] if record.exc_info else None
         record.msg = (

@@ -15,7 +15,6 @@ server no longer knows a lease it renewed moments ago, and gives that slot back 
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 import time
@@ -31,6 +30,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_logger
 
 from cml_tasks._stopping import stop_requested
+from cml_tasks._stretch import Stretch
 from cml_tasks.backfill import project_limit_name
 from cml_tasks.errors import CMLWaitCancelled
 from cml_tasks.job import JobRef
@@ -310,24 +310,9 @@ def _acquire(kept: _KeptSlots, log: Log, what: str) -> _Lease:
         return kept.add(UUID(answer.json()["lease_id"]))
 
 
-class _BusyStretch:
-    """The process's stretches of busy answers: said once each, whichever window meets one
-    first (a busy SQLite server answers every waiting window 503: one line, not hundreds)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last = -math.inf
-
-    def begins(self) -> bool:
-        """Note a busy answer now; True when it begins a stretch (none for a while)."""
-        with self._lock:
-            now = time.monotonic()
-            fresh = now - self._last > BUSY_STRETCH_SECONDS
-            self._last = now
-            return fresh
-
-
-_busy_stretch = _BusyStretch()
+_busy_stretch = Stretch(BUSY_STRETCH_SECONDS)
+"""The process's stretches of busy answers (a busy SQLite server answers every waiting
+window 503: one line, not hundreds)."""
 
 
 def _tell_full(log: Log, what: str, name: str, waited: float) -> None:
