@@ -452,6 +452,11 @@ class PipelineRow(BaseModel):
         )
 
 
+def grid_size(windows: int, steps: int) -> str:
+    """`6 windows x 3 steps`, `1 window x 3 steps`: the grid's size, as a person says it."""
+    return f"{windows} window{'s' * (windows != 1)} x {steps} step{'s' * (steps != 1)}"
+
+
 class PipelineReport(BaseModel):
     """A pipeline over windows: the window x step grid, failures first in its texts."""
 
@@ -471,7 +476,7 @@ class PipelineReport(BaseModel):
         """`6 windows x 3 steps: 16 succeeded, 1 failed, 1 not reached`."""
         counts = Counter(cell.result.value for row in self.rows for cell in row.cells)
         told = ", ".join(f"{n} {what}" for what, n in counts.most_common())
-        return f"{len(self.rows)} windows x {len(self.steps)} steps" + (f": {told}" if told else "")
+        return grid_size(len(self.rows), len(self.steps)) + (f": {told}" if told else "")
 
     def failure_lines(self) -> list[str]:
         """One line per failed or unknown cell: `2017-03 train: failed: run ended failed`."""

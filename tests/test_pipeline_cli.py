@@ -138,6 +138,7 @@ def test_a_failed_step_is_fixed_and_resumed_and_nothing_runs_twice(
     assert runs_per_job(cml) == (6, 8, 7)
     assert newest_runs(cml, 2) == [("212", "2017-05-01"), ("213", "2017-05-01")]
     assert grid(json_of(from_train)) == {"2017-05": ["succeeded"] * 3}
+    assert json_of(from_train)["summary"] == "1 window x 3 steps: 3 succeeded"
 
     listed = cml_jobs(env, work, "records", "--pipeline", str(path), *HALF_YEAR, "--json")
     assert listed.returncode == 0, listed.stderr[-3000:]

@@ -48,6 +48,7 @@ from cml_tasks.pipeline import (
     RecordsByJob,
     StepCell,
     StepResult,
+    grid_size,
     plan_pipeline,
     plan_windows,
     planned_report,
@@ -399,10 +400,9 @@ def cml_pipeline_backfill(
     span = (min(first.start, last.start), max(first.last_day, last.last_day))
     tag_current_flow_run(["cml", f"cml-pipeline:{pipeline.name}"])
     get_run_logger().info(
-        "Pipeline %s: %d windows x %d steps (%s), reprocess=%s%s",
+        "Pipeline %s: %s (%s), reprocess=%s%s",
         pipeline.name,
-        len(plan.windows),
-        len(pipeline.steps),
+        grid_size(len(plan.windows), len(pipeline.steps)),
         pipeline.options.cadence,
         mode,
         f", from step {from_step}" if from_step else "",
