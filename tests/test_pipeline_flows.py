@@ -60,7 +60,9 @@ def test_the_example_pipeline_backfills_as_its_docstring_says(
     prefect_server: PrefectServer, cml: Emulator, tmp_path: Path
 ) -> None:
     example = REPOSITORY / "flows" / "risk_pipeline.py"
-    assert _user_code_lines(example) <= 25
+    lines = _user_code_lines(example)
+    assert lines <= 25
+    assert f"in {lines} lines of code" in (REPOSITORY / "README.md").read_text()
     project = cml.url + "/alice/risk-analysis"
     env = machine_env(prefect_server, tmp_path, "laptop", CML_PROJECT_URL=project, **KEYS)
     command = [sys.executable, str(example), "2017-01-01", "2017-02-28"]
