@@ -47,7 +47,8 @@ from typing import Any
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "tests"))
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cml-soak-"))
+if "PREFECT_HOME" not in os.environ:  # a test run has its own; make none to leave behind
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cml-soak-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 from conftest import PrefectServer, machine_env  # noqa: E402
