@@ -452,9 +452,14 @@ class PipelineRow(BaseModel):
         )
 
 
+def counted(number: int, noun: str) -> str:
+    """`1 window`, `6 windows`: a count as a person says it."""
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
 def grid_size(windows: int, steps: int) -> str:
-    """`6 windows x 3 steps`, `1 window x 3 steps`: the grid's size, as a person says it."""
-    return f"{windows} window{'s' * (windows != 1)} x {steps} step{'s' * (steps != 1)}"
+    """`6 windows x 3 steps`, `1 window x 3 steps`: the grid's size."""
+    return f"{counted(windows, 'window')} x {counted(steps, 'step')}"
 
 
 class PipelineReport(BaseModel):
@@ -603,4 +608,5 @@ class PipelineFailed(BackfillFailed):
     def __init__(self, report: PipelineReport) -> None:
         self.report = report
         failures = report.failure_lines()
-        super().__init__(f"{len(failures)} steps failed or unknown:\n" + "\n".join(failures))
+        told = counted(len(failures), "step")
+        super().__init__(f"{told} failed or unknown:\n" + "\n".join(failures))

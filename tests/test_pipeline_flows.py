@@ -236,10 +236,10 @@ def test_independent_steps_run_at_once_and_a_failure_stops_only_its_downstream(
             after = Counter(run["job_id"] for run in cml.runs())
     assert state.is_failed()
     failed = state.result(raise_on_failure=False)
-    assert "1 steps failed or unknown" in str(failed)
+    assert "1 step failed or unknown" in str(failed)
     markdown = _artifact(prefect_server, state.state_details.flow_run_id)
     summary, failed_title, failures, resume, grid = markdown.split("\n\n")[:5]
-    counts = "1 windows x 4 steps: 2 succeeded, 1 failed, 1 not reached"
+    counts = "1 window x 4 steps: 2 succeeded, 1 failed, 1 not reached"
     assert summary == f"### Pipeline regions: {counts}"
     assert failed_title == "**Failed**:"
     assert failures.startswith("- 2017-01 us: failed: CML run failed (http")
@@ -248,7 +248,7 @@ def test_independent_steps_run_at_once_and_a_failure_stops_only_its_downstream(
     assert "| 2017-01 | [succeeded](http" in grid and "| not reached |" in grid
     by_job = Counter(run["job_id"] for run in runs)
     assert by_job == Counter({"212": 2, "213": 1})  # all-report not reached
-    assert rerun.summary() == "1 windows x 4 steps: 4 succeeded"
+    assert rerun.summary() == "1 window x 4 steps: 4 succeeded"
     assert after == Counter({"212": 3, "213": 1, "208": 1})  # eu and eu-report not again
     eu, us = sorted(
         (r for r in runs if r["job_id"] == "212"), key=lambda r: r["environment"]["REGION"]
