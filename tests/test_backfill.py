@@ -120,18 +120,16 @@ def test_a_pipeline_step_starts_whatever_has_not_succeeded(
 
 
 @pytest.fixture
-def emu(monkeypatch: pytest.MonkeyPatch, no_retry_waits: None) -> Iterator[Emulator]:
-    """A fresh emulator (new port, so new record keys), the v1 key in the environment, and
-    no waits between client retries, so exhausting them takes milliseconds."""
+def emu(
+    monkeypatch: pytest.MonkeyPatch, no_retry_waits: None, prefect_api: None
+) -> Iterator[Emulator]:
+    """A fresh emulator (new port, so new record keys), the v1 key in the environment, no
+    waits between client retries (exhausting them takes milliseconds), and the project's
+    limit out of the way unless a test narrows it."""
     monkeypatch.setenv("CML_API_KEY", DEFAULT_V1_KEY)
+    _set_project_limit(50)
     with Emulator() as cml:
         yield cml
-
-
-@pytest.fixture(autouse=True)
-def _roomy_project_limit(prefect_api: None) -> None:
-    """Tests share one project limit; keep it out of the way unless a test narrows it."""
-    _set_project_limit(50)
 
 
 def _set_project_limit(size: int) -> None:
@@ -263,7 +261,7 @@ def test_a_backfill_keeps_its_slots_between_windows_and_gives_them_all_back(
 
 
 def test_a_kept_slot_whose_lease_ran_out_is_not_lent_again(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, prefect_api: None
 ) -> None:
     """A kept slot that the server no longer has (its lease ran out while the process was
     paused, say) is dropped at its next renewal: the next window takes a real one."""
