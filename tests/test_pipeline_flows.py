@@ -1,6 +1,7 @@
 """The pipeline flows end to end on a real `prefect server start` and the emulator: the example
-in `flows/` as a user runs it, the `monthly-pipeline` deployment served with its retry, a step
-that shares its job and window with a plain backfill, and independent steps at once.
+in `flows/` as a user runs it, the `monthly-pipeline` deployment served with its retry (on
+SQLite and PostgreSQL), a step that shares its job and window with a plain backfill, and
+independent steps at once.
 
 The emulator's record of runs is the judge.
 """
@@ -114,14 +115,24 @@ def _final(server: PrefectServer, run_id: object, log: Path) -> object:
             time.sleep(0.5)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest) -> PrefectServer:
+    """The session's Prefect server, on each database."""
+    name = "prefect_server_pg" if request.param == "postgresql" else "prefect_server"
+    found: PrefectServer = request.getfixturevalue(name)
+    return found
+
+
 def test_the_served_monthly_pipeline_runs_last_month_once_and_its_retry_starts_nothing(
-    prefect_server: PrefectServer, cml: Emulator, tmp_path: Path
+    server: PrefectServer, cml: Emulator, tmp_path: Path
 ) -> None:
+    """The deployment as `deployments/serve.py` serves it, a run scheduled for April (last
+    month: March), and a retry of that same flow run."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.states import AwaitingRetry, Scheduled
 
-    env = prefect_server.env(
+    env = server.env(
         CML_PROJECT_URL=cml.url + "/alice/risk-analysis",
         PREFECT_RUNNER_POLL_FREQUENCY="1",
         **KEYS,
@@ -129,8 +140,8 @@ def test_the_served_monthly_pipeline_runs_last_month_once_and_its_retry_starts_n
     log = tmp_path / "serve.log"
     served = spawn([sys.executable, "deployments/serve.py", "monthly-pipeline"], env, log)
     try:
-        _served(prefect_server, "cml-pipeline-run/monthly-pipeline", log)
-        with prefect_server.as_current_api(), get_client(sync_client=True) as client:
+        _served(server, "cml-pipeline-run/monthly-pipeline", log)
+        with server.as_current_api(), get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("cml-pipeline-run/monthly-pipeline")
             (schedule,) = deployment.schedules
             assert (schedule.schedule.cron, schedule.schedule.timezone) == (
@@ -141,16 +152,16 @@ def test_the_served_monthly_pipeline_runs_last_month_once_and_its_retry_starts_n
             flow_run = client.create_flow_run_from_deployment(
                 deployment.id, state=Scheduled(scheduled_time=scheduled)
             )
-        first = _final(prefect_server, flow_run.id, log)
-        with prefect_server.as_current_api(), get_client(sync_client=True) as client:
+        first = _final(server, flow_run.id, log)
+        with server.as_current_api(), get_client(sync_client=True) as client:
             task_runs = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
             )
             client.set_flow_run_state(flow_run.id, AwaitingRetry(), force=True)
-        retried = _final(prefect_server, flow_run.id, log)
+        retried = _final(server, flow_run.id, log)
     finally:
         stop_process(served)
-        with prefect_server.as_current_api(), get_client(sync_client=True) as client:
+        with server.as_current_api(), get_client(sync_client=True) as client:
             client.delete_deployment(deployment.id)
     assert first.state.is_completed(), log.read_text()[-3000:]  # type: ignore[attr-defined]
     assert first.name == "risk-monthly 2017-03"  # type: ignore[attr-defined]
