@@ -25,7 +25,7 @@ ui: $(INSTALLED)
 
 # The whole suite: every scenario, on SQLite and PostgreSQL Prefect servers and in Chromium.
 test: $(INSTALLED)
-	$(BIN)/pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 # While editing: lint, types and the tests that need no server (under a minute).
 check: lint

@@ -97,27 +97,40 @@ SPLIT_BY_DATABASE = frozenset(
 both servers): a long file is not left to one process at the end."""
 
 
-def group_of(item: pytest.Item) -> str:
+def group_of(nodeid: str) -> str:
     """The test's group: its file, or its file and database (`SPLIT_BY_DATABASE`). A group
     runs in one process, so its module's fixtures are set up once."""
-    name = item.path.name
-    if name in SPLIT_BY_DATABASE:
+    path, _, name = nodeid.partition("::")
+    file = path.rsplit("/", 1)[-1]
+    if file in SPLIT_BY_DATABASE:
         for database in ("sqlite", "postgresql"):
-            if f"[{database}" in item.name or f"-{database}" in item.name:
-                return f"{name}[{database}]"
-    return name
+            if f"[{database}" in name or f"-{database}" in name:
+                return f"{file}[{database}]"
+    return file
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scheduler by scope, a scope being a `group_of`: a process takes whole groups,
+    in collection order (`--no-loadscope-reorder`). Not `--dist loadgroup`: it finds groups
+    in node ids it edits, which pytest 9.2 ignores, so each test was a group of its own and
+    most processes set up most modules' fixtures (the UI server and Chromium four times)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ByGroup(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test that needs a server `server` (by its fixtures, or a `server` marker of
-    its own for a test that starts one itself); put it in its `group_of` (xdist's
-    `--dist loadgroup`), the slowest groups first."""
+    its own for a test that starts one itself); the slowest groups first."""
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
-        item.add_marker(pytest.mark.xdist_group(group_of(item)))
     rank = {name: position for position, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(group_of(item), len(rank)))
+    items.sort(key=lambda item: rank.get(group_of(item.nodeid), len(rank)))
 
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
