@@ -589,8 +589,19 @@ def test_v2_list_runs_search_filter(fresh: Emulator) -> None:
         assert ids("208", {"id": running}) == []
 
 
+def _phases_of_a_second() -> EmulatorConfig:
+    """The default world, job 208's scheduling, starting and running a second each: a poll
+    every 10 ms sees every phase even on a loaded machine (a 0.1 s phase was missed once)."""
+    config = default_config()
+    alice, *others = config.projects
+    second = {"scheduling_seconds": 1.0, "starting_seconds": 1.0, "running_seconds": 1.0}
+    jobs = tuple(job.model_copy(update=second) if job.id == "208" else job for job in alice.jobs)
+    projects = (alice.model_copy(update={"jobs": jobs}), *others)
+    return config.model_copy(update={"projects": projects})
+
+
 def test_v2_status_progression_and_timestamps() -> None:
-    with Emulator(default_config(time_scale=0.5)) as emu, httpx.Client(base_url=emu.url) as client:
+    with Emulator(_phases_of_a_second()) as emu, httpx.Client(base_url=emu.url) as client:
         run = create_run(client)
         seen = [run["status"]]
         while seen[-1] not in TERMINAL:
