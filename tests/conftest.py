@@ -141,15 +141,26 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
+def prefect_api(
+    tmp_path_factory: pytest.TempPathFactory, migrated_database: Path
+) -> Iterator[None]:
     """A real, temporary Prefect API (SQLite) for the flows tests run in this process: a
     server of their own, so that no subprocess of another test (a killed machine's project
     slots, say) changes what they count. Prefect's test harness: a thread of a test, which
-    starts without the settings' context, finds it too (as Prefect's ephemeral server)."""
+    starts without the settings' context, finds it too (as Prefect's ephemeral server). Its
+    database starts as a copy of `migrated_database` (the harness makes it in `mkdtemp()`)."""
+    from prefect.testing import utilities
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+    def seeded_directory() -> str:
+        directory = tmp_path_factory.mktemp("prefect-api")
+        shutil.copyfile(migrated_database, directory / "prefect-test.db")
+        return str(directory)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utilities, "mkdtemp", seeded_directory)
+        with prefect_test_harness(server_startup_timeout=60):
+            yield
 
 
 @pytest.fixture
