@@ -57,33 +57,34 @@ tests, left out of `make check`."""
 
 
 SLOWEST_FIRST = (
-    "test_pipeline_machines.py[sqlite]",
     "test_backfill.py",
+    "test_pipeline_flows.py",
+    "test_pipeline_machines.py[sqlite]",
     "test_pipeline_machines.py[postgresql]",
     "test_many_machines.py[sqlite]",
+    "test_many_machines.py[postgresql]",
+    "test_backfill_follow.py",
     "test_backfill_at_scale.py",
     "test_ui_browser.py",
-    "test_backfill_follow.py",
-    "test_many_machines.py[postgresql]",
-    "test_pipeline_flows.py",
+    "test_backfill_cli.py",
     "test_pipeline_cli.py[sqlite]",
-    "test_cli.py",
     "test_window_flow.py",
+    "test_cli.py",
     "test_signals.py",
     "test_soak.py",
     "test_secret_scan.py",
-    "test_backfill_cli.py",
+    "test_demo_ui.py",
+    "test_records_cli.py",
     "test_server_restart.py[sqlite]",
     "test_server_restart.py[postgresql]",
-    "test_demo_ui.py",
     "test_pipeline_cli.py[postgresql]",
     "test_cancel_e2e.py",
     "test_backfill_scale_out.py",
-    "test_records_cli.py",
     "test_schedule_e2e.py",
 )
-"""`make test`'s groups that take longest (measured: `--durations=0`, summed), in that order.
-Its processes take whole groups, the longest first, and the short ones fill in behind."""
+"""`make test`'s groups that take longest (measured: each group's time in a process, from
+`pytest -v` with timestamps), in that order. Its processes take whole groups, the longest
+first, and the short ones fill in behind."""
 
 SPLIT_BY_DATABASE = frozenset(
     {

@@ -1,8 +1,8 @@
 """Pipelines on many machines, one truth: `cml-jobs backfill --pipeline` processes on separate
 "machines" (their own PREFECT_HOME, working directory and temporary storage) share one
 `prefect server start` - on PostgreSQL and on SQLite - and each (step, window) is started once:
-after a machine is killed mid-step and another reruns the pipeline, when two machines run the
-same pipeline at the same moment, and when a plain backfill of a step's job runs alongside.
+after a machine is killed mid-step and another reruns the pipeline, and when two machines run
+the same pipeline at the same moment as a third runs a plain backfill of a step's job.
 The emulator's record of runs is the judge."""
 
 from __future__ import annotations
@@ -225,39 +225,27 @@ def test_a_pipeline_killed_mid_step_is_finished_by_another_machine_once_each(
         assert resolved >= at_kill[WindowStatus.STARTING], context
 
 
-def test_two_machines_run_the_same_pipeline_at_once_each_step_once(
+def test_two_machines_and_a_plain_backfill_at_once_start_each_step_once(
     server: PrefectServer, machines: list[Machine], tmp_path: Path
 ) -> None:
-    """Both end with every (step, month) succeeded; CML has one run of each."""
+    """Two machines run the same pipeline while a third runs `cml-jobs backfill <job 208>`
+    (ingest's job), all at the same moment: CML has one run of each (step, month); both
+    pipelines end with every step succeeded, naming CML's runs; the plain backfill started or
+    skipped each month, naming the run (one scenario: the three share their servers)."""
     with Emulator(default_config(time_scale=0.5)) as cml:
-        cml.inject(Fault(endpoint="v2.create_run", kind="latency", seconds=0.3))  # overlap
-        path = pipeline_file(cml, tmp_path)
-        both = [backfill(server, tmp_path, machines, name, path) for name in ("a", "b")]
-        reports = [report_of(machine) for machine in both]
-        context = "\n".join(machine.tail() for machine in both)
-        assert starts(cml) == ONCE_EACH, context
-        assert [grid(report) for report in reports] == [ALL_SUCCEEDED] * 2, context
-        assert all(named_runs_are_cml_s(report, cml) for report in reports), context
-
-
-def test_a_plain_backfill_of_a_step_s_job_at_the_same_time_shares_its_runs(
-    server: PrefectServer, machines: list[Machine], tmp_path: Path
-) -> None:
-    """`cml-jobs backfill <job 208>` on one machine while the pipeline (ingest = 208) runs on
-    another: each month of 208 is started once, by one of them; the other follows or skips."""
-    with Emulator(default_config(time_scale=0.5)) as cml:
-        for endpoint in ("v1.start", "v2.create_run"):  # plain starts go through v1
+        for endpoint in ("v1.start", "v2.create_run"):  # overlap; plain starts go through v1
             cml.inject(Fault(endpoint=endpoint, kind="latency", seconds=0.3))
         path = pipeline_file(cml, tmp_path)
         url = cml.job_url("alice", "risk-analysis", "208")
         plain_args = ["backfill", url, *HALF_YEAR, "--every", "month", "--json"]
         plain = cml_jobs(server, tmp_path, machines, "plain", *plain_args)
-        piped = backfill(server, tmp_path, machines, "pipeline", path)
-        plain_report, pipeline_report = report_of(plain), report_of(piped)
-        context = f"{plain.tail()}\n{piped.tail()}"
+        both = [backfill(server, tmp_path, machines, name, path) for name in ("a", "b")]
+        plain_report = report_of(plain)
+        reports = [report_of(machine) for machine in both]
+        context = "\n".join(machine.tail() for machine in (plain, *both))
         assert starts(cml) == ONCE_EACH, context
-        assert grid(pipeline_report) == ALL_SUCCEEDED, context
-        assert named_runs_are_cml_s(pipeline_report, cml), context
+        assert [grid(report) for report in reports] == [ALL_SUCCEEDED] * 2, context
+        assert all(named_runs_are_cml_s(report, cml) for report in reports), context
         results = Counter(o["result"] for o in plain_report["outcomes"])
         assert sum(results.values()) == 6 and set(results) <= {"started", "skipped"}, results
         for outcome in plain_report["outcomes"]:  # the run it started, or the one it found
