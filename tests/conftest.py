@@ -49,7 +49,7 @@ SERVER_FIXTURES = frozenset(
         "postgres_url",
         "process_pool",
         "browser",
-        "server",  # test_many_machines: the shared server, on each database
+        "server",  # the session's server, on each database (conftest's, or a file's own)
     }
 )
 """Fixtures that start a Prefect server, PostgreSQL or a browser: their tests are `server`
@@ -154,9 +154,8 @@ def prefect_api(
     from prefect.testing.utilities import prefect_test_harness
 
     def seeded_directory() -> str:
-        directory = tmp_path_factory.mktemp("prefect-api")
-        shutil.copyfile(migrated_database, directory / "prefect-test.db")
-        return str(directory)
+        home = server_home(tmp_path_factory, "prefect-api", migrated_database, "prefect-test.db")
+        return str(home)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(utilities, "mkdtemp", seeded_directory)
@@ -411,15 +410,19 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
             upgrade = [PREFECT, "server", "database", "upgrade", "-y"]
             done = subprocess.run(upgrade, env=env, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-            shutil.copyfile(home / "prefect.db", shared / "prefect-migrated.db.part")
-            (shared / "prefect-migrated.db.part").rename(database)
+            part = shared / "prefect-migrated.db.part"  # whole or absent: another may read it
+            shutil.copyfile(home / "prefect.db", part)
+            part.rename(database)
     return database
 
 
-def server_home(tmp_path_factory: pytest.TempPathFactory, name: str, database: Path) -> Path:
-    """A new PREFECT_HOME for a SQLite test server, holding a copy of `migrated_database`."""
+def server_home(
+    tmp_path_factory: pytest.TempPathFactory, name: str, database: Path, file: str = "prefect.db"
+) -> Path:
+    """A new directory for a SQLite test server (its PREFECT_HOME, or the harness's database
+    directory), holding a copy of `migrated_database` named `file`."""
     home = tmp_path_factory.mktemp(name)
-    shutil.copyfile(database, home / "prefect.db")
+    shutil.copyfile(database, home / file)
     return home
 
 
@@ -431,6 +434,15 @@ def prefect_server(
     home = server_home(tmp_path_factory, "prefect-server-home", migrated_database)
     with running_prefect_server(home) as server:
         yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest) -> PrefectServer:
+    """The session's Prefect server, on each database: a test that takes it runs on both (a
+    test file may define its own `server`, e.g. with the project's limit made roomy)."""
+    name = "prefect_server_pg" if request.param == "postgresql" else "prefect_server"
+    found: PrefectServer = request.getfixturevalue(name)
+    return found
 
 
 @pytest.fixture(scope="session")

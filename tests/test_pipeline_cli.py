@@ -42,14 +42,6 @@ def cml() -> Iterator[Emulator]:
         yield emulator
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest) -> PrefectServer:
-    """The shared Prefect server, on each database."""
-    name = "prefect_server_pg" if request.param == "postgresql" else "prefect_server"
-    found: PrefectServer = request.getfixturevalue(name)
-    return found
-
-
 def pipeline_yaml(cml: Emulator, steps: str | None = None) -> str:
     """The issue's pipeline: ingest (208), then train (212), then score (213)."""
     jobs = f"{cml.url}/alice/risk-analysis/jobs"

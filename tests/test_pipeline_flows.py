@@ -115,14 +115,6 @@ def _final(server: PrefectServer, run_id: object, log: Path) -> object:
             time.sleep(0.5)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest) -> PrefectServer:
-    """The session's Prefect server, on each database."""
-    name = "prefect_server_pg" if request.param == "postgresql" else "prefect_server"
-    found: PrefectServer = request.getfixturevalue(name)
-    return found
-
-
 def test_the_served_monthly_pipeline_runs_last_month_once_and_its_retry_starts_nothing(
     server: PrefectServer, cml: Emulator, tmp_path: Path
 ) -> None:
